@@ -1,0 +1,31 @@
+PY ?= python3
+VENV = .venv
+BIN = $(VENV)/bin
+TORCH_PIN = torch==2.13.0
+
+.PHONY: install test lint lab clean
+
+# Stamp file: re-run the install whenever pyproject.toml changes.
+# torch is installed FIRST with an exact pin (local CPU wheel) so that the
+# later `torch>=2.2` requirement is already satisfied and pip never pulls CUDA.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install $(TORCH_PIN)
+	$(BIN)/python -m pip install -e '.[dev,notebooks]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q tests
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check evorl_nb tests
+
+lab: $(VENV)/.installed
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,14 @@
+"""evorl_nb: evolve reinforcement-learning loss functions as typed computational graphs.
+
+>>> from evorl_nb import library, Batch, Program
+>>> prog = library.get("dqn_reg")
+>>> prog.equation()
+'δ^2 + 0.1*Q(s_t, a_t)'
+"""
+
+from evorl_nb import library
+from evorl_nb.ops import OPS, Type
+from evorl_nb.program import Batch, Node, Program, ProgramBuilder, ProgramError
+
+__all__ = ["library", "Batch", "Node", "Program", "ProgramBuilder", "ProgramError", "OPS", "Type"]
+__version__ = "0.1.0"

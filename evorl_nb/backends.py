@@ -1,0 +1,296 @@
+"""Where candidates are trained: in-process, local worker processes, or a Ray cluster.
+
+Every backend has the same small interface: ``free()`` slots, ``submit(key,
+evaluator, program, seed)``, ``wait(timeout)`` for finished ``(key,
+Outcome)`` pairs, and ``close()``. A worker that dies or runs past
+``timeout`` seconds has its candidate retried once on a fresh worker; a second
+failure comes back as an Outcome with status "failed" and the reason, and the
+search goes on. Only the driver process writes the run store.
+
+Local workers are spawned processes (not forked), so they start clean from a
+notebook kernel too; the evaluator and the program travel pickled (the program
+as JSON), so a notebook-defined evaluator must be importable or picklable by
+value.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as mp_wait
+from typing import Any, Callable
+
+from evorl_nb.evolve import Outcome
+from evorl_nb.program import Program
+
+__all__ = ["InProcessBackend", "LocalBackend", "RayBackend", "make_backend", "Task"]
+
+
+@dataclass
+class Task:
+    """One candidate to train."""
+
+    key: str
+    evaluator: Callable[[Program, int], Outcome]
+    program_json: str
+    seed: int
+    tries: int = 0
+    started: float = field(default_factory=time.time)
+
+
+def _run_task(evaluator, program_json: str, seed: int) -> Outcome:
+    """Evaluate one program; an exception becomes a "failed" Outcome."""
+    start = time.perf_counter()
+    try:
+        out = evaluator(Program.from_json(program_json), seed)
+    except Exception as e:  # the evaluator's bug must not kill the search
+        tb = traceback.format_exc(limit=3)
+        return Outcome("failed", 0.0, {}, f"evaluator raised {type(e).__name__}: {e}\n{tb}", 0,
+                       time.perf_counter() - start)
+    return out
+
+
+class InProcessBackend:
+    """Trains candidates one at a time in this process (deterministic; the notebook default)."""
+
+    name = "inprocess"
+
+    def __init__(self):
+        self._queue: list[Task] = []
+
+    def free(self) -> int:
+        """Slots free for new tasks."""
+        return 0 if self._queue else 1
+
+    def submit(self, key: str, evaluator, program: Program, seed: int) -> None:
+        """Queue one candidate."""
+        self._queue.append(Task(key, evaluator, program.to_json(), seed))
+
+    def wait(self, timeout: float | None = None) -> list[tuple[str, Outcome]]:
+        """Train the queued candidate and return its outcome."""
+        done = []
+        while self._queue:
+            t = self._queue.pop(0)
+            out = _run_task(t.evaluator, t.program_json, t.seed)
+            out.worker = out.worker or "main"
+            done.append((t.key, out))
+        return done
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _worker_main(conn) -> None:
+    """A local worker: receive tasks, send back outcomes, until told to stop."""
+    import torch
+
+    torch.set_num_threads(1)
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        key, evaluator, program_json, seed = msg
+        conn.send((key, _run_task(evaluator, program_json, seed)))
+
+
+class _Worker:
+    def __init__(self, ctx, index: int):
+        self.index = index
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True,
+                                name=f"evorl-worker-{index}")
+        self.proc.start()
+        child.close()
+        self.task: Task | None = None
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+
+class LocalBackend:
+    """Trains candidates in ``workers`` spawned processes on this machine."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, timeout: float | None = None):
+        self.ctx = mp.get_context("spawn")
+        self.n = workers or os.cpu_count() or 1
+        self.timeout = timeout
+        self._made = 0
+        self.workers = [self._new() for _ in range(self.n)]
+        self._retry: list[Task] = []
+        self._done: list[tuple[str, Outcome]] = []
+
+    def _new(self) -> _Worker:
+        self._made += 1
+        return _Worker(self.ctx, self._made)
+
+    def free(self) -> int:
+        """Slots free for new tasks (retries take slots first)."""
+        return sum(w.task is None for w in self.workers) - len(self._retry)
+
+    def submit(self, key: str, evaluator, program: Program, seed: int) -> None:
+        """Send one candidate to a free worker."""
+        self._start(Task(key, evaluator, program.to_json(), seed))
+
+    def _start(self, task: Task) -> None:
+        w = next(w for w in self.workers if w.task is None)
+        task.tries += 1
+        task.started = time.time()
+        w.task = task
+        w.conn.send((task.key, task.evaluator, task.program_json, task.seed))
+
+    def _lost(self, w: _Worker, why: str) -> None:
+        """A worker died or hung: replace it, and retry its task once."""
+        task = w.task
+        w.kill()
+        self.workers[self.workers.index(w)] = self._new()
+        if task is None:
+            return
+        if task.tries < 2:
+            self._retry.append(task)
+        else:
+            self._done.append((task.key, Outcome("failed", 0.0, {}, f"{why} (twice)", 0,
+                                                 time.time() - task.started, f"local-{w.index}")))
+
+    def wait(self, timeout: float | None = None) -> list[tuple[str, Outcome]]:
+        """Block until at least one task finishes (or ``timeout``); return finished outcomes."""
+        deadline = None if timeout is None else time.time() + timeout
+        while not self._done:
+            while self._retry and any(w.task is None for w in self.workers):
+                self._start(self._retry.pop(0))
+            busy = [w for w in self.workers if w.task is not None]
+            if not busy:
+                break
+            tick = 1.0 if self.timeout is None else min(1.0, self.timeout)
+            if deadline is not None:
+                tick = max(0.0, min(tick, deadline - time.time()))
+            ready = mp_wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], tick)
+            for w in busy:
+                if w.conn in ready:
+                    try:
+                        key, out = w.conn.recv()
+                    except (EOFError, OSError):
+                        self._lost(w, f"worker {w.index} died (exit code {w.proc.exitcode})")
+                        continue
+                    out.worker = out.worker or f"local-{w.index}"
+                    self._done.append((key, out))
+                    w.task = None
+                elif w.proc.sentinel in ready or not w.proc.is_alive():
+                    self._lost(w, f"worker {w.index} died (exit code {w.proc.exitcode})")
+                elif self.timeout is not None and time.time() - w.task.started > self.timeout:
+                    self._lost(w, f"worker {w.index} hung past the {self.timeout:g}s timeout")
+            if deadline is not None and time.time() >= deadline:
+                break
+        done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        """Stop the workers."""
+        for w in self.workers:
+            try:
+                w.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        for w in self.workers:
+            w.proc.join(2)
+            w.kill()
+
+
+class RayBackend:
+    """Trains candidates as Ray tasks on an existing cluster (``address``) or a local one."""
+
+    name = "ray"
+
+    def __init__(self, workers: int | None = None, timeout: float | None = None,
+                 address: str | None = None, **init_kwargs: Any):
+        try:
+            import ray
+        except ImportError:
+            raise ImportError("the Ray backend needs Ray: pip install 'evorl_nb[ray]'") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+                     **init_kwargs)
+        self.n = workers or int(ray.cluster_resources().get("CPU", 1))
+        self.timeout = timeout
+        self._remote = ray.remote(num_cpus=1, max_retries=0)(_run_task)
+        self._running: dict[Any, Task] = {}
+        self._retry: list[Task] = []
+        self._done: list[tuple[str, Outcome]] = []
+
+    def free(self) -> int:
+        """Slots free for new tasks."""
+        return self.n - len(self._running) - len(self._retry)
+
+    def submit(self, key: str, evaluator, program: Program, seed: int) -> None:
+        """Start one candidate as a Ray task."""
+        self._start(Task(key, evaluator, program.to_json(), seed))
+
+    def _start(self, task: Task) -> None:
+        task.tries += 1
+        task.started = time.time()
+        self._running[self._remote.remote(task.evaluator, task.program_json, task.seed)] = task
+
+    def _lost(self, ref, why: str) -> None:
+        task = self._running.pop(ref)
+        if task.tries < 2:
+            self._retry.append(task)
+        else:
+            self._done.append((task.key, Outcome("failed", 0.0, {}, f"{why} (twice)", 0,
+                                                 time.time() - task.started, "ray")))
+
+    def wait(self, timeout: float | None = None) -> list[tuple[str, Outcome]]:
+        """Block until at least one task finishes (or ``timeout``); return finished outcomes."""
+        ray = self.ray
+        deadline = None if timeout is None else time.time() + timeout
+        while not self._done:
+            while self._retry and len(self._running) < self.n:
+                self._start(self._retry.pop(0))
+            if not self._running:
+                break
+            ready, _ = ray.wait(list(self._running), num_returns=1, timeout=1.0)
+            for ref in ready:
+                try:
+                    out = ray.get(ref)
+                except Exception as e:  # a dead worker surfaces here
+                    self._lost(ref, f"ray worker died: {type(e).__name__}")
+                    continue
+                out.worker = out.worker or "ray"
+                self._done.append((self._running.pop(ref).key, out))
+            if self.timeout is not None:
+                for ref, task in list(self._running.items()):
+                    if time.time() - task.started > self.timeout:
+                        ray.cancel(ref, force=True)
+                        self._lost(ref, f"ray task hung past the {self.timeout:g}s timeout")
+            if deadline is not None and time.time() >= deadline:
+                break
+        done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        """Cancel what is still running (the cluster stays up)."""
+        for ref in list(self._running):
+            self.ray.cancel(ref, force=True)
+        self._running.clear()
+
+
+def make_backend(name: str, workers: int | None = None, timeout: float | None = None,
+                 address: str | None = None):
+    """A backend by name: "inprocess", "local" or "ray"."""
+    if name == "inprocess":
+        return InProcessBackend()
+    if name == "local":
+        return LocalBackend(workers, timeout)
+    if name == "ray":
+        return RayBackend(workers, timeout, address)
+    raise ValueError(f"unknown backend {name!r}; known: inprocess, local, ray")

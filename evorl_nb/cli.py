@@ -1,0 +1,208 @@
+"""The ``evorl-nb`` command line.
+
+    evorl-nb programs                 list the library programs and their equations
+    evorl-nb program dqn_reg          show one program (a library name or a JSON file)
+    evorl-nb program my.json --json   print it as program JSON
+    evorl-nb evaluate --program dqn_reg --env CartPole-v1 --preset quick --seeds 3
+    evorl-nb envs                     list the registered environments
+    evorl-nb evolve --preset quick --out runs/NAME [--backend local --workers 2]
+    evorl-nb resume runs/NAME         continue a stopped or killed search
+    evorl-nb show runs/NAME           top programs and duplicate / hurdle / failure rates
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from evorl_nb import library
+from evorl_nb.program import Program, ProgramError
+from evorl_nb.store import StoreError
+
+
+def load_program(spec: str) -> Program:
+    """A library program by name, or a program JSON file by path."""
+    if spec in library.names():
+        return library.get(spec)
+    path = Path(spec)
+    if path.suffix == ".json" or path.exists():
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ProgramError(f"cannot read program file {spec!r}: {e.strerror}") from None
+        try:
+            return Program.from_json(text)
+        except ProgramError as e:
+            raise ProgramError(f"{spec}: {e}") from None
+    raise ProgramError(f"{spec!r} is neither a library program ({', '.join(library.names())}) "
+                       "nor a program JSON file")
+
+
+def _programs(_args) -> int:
+    width = max(map(len, library.names()))
+    for name in library.names():
+        print(f"{name:<{width}}  {library.get(name).equation()}")
+    return 0
+
+
+def _program(args) -> int:
+    prog = load_program(args.program)
+    if args.json:
+        print(prog.to_json(indent=2))
+        return 0
+    print(f"program      {prog.name or args.program}")
+    print(f"equation     {prog.equation(latex=args.latex)}")
+    print(f"exact        {prog.to_sympy()}")
+    print(f"nodes        {len(prog.nodes)} ({len(prog.prune().nodes)} live)")
+    print(f"fingerprint  {prog.fingerprint()}")
+    print(f"structure    {prog.structural_hash()}")
+    return 0
+
+
+def _envs(_args) -> int:
+    from evorl_nb.envs import env_ids, get_spec
+
+    print(f"{'env':<36} {'Rmin':>7} {'Rmax':>7}  budget")
+    for env_id in env_ids():
+        s = get_spec(env_id)
+        budget = f"{s.budget_episodes} episodes" if s.budget_episodes else f"{s.budget_steps} steps"
+        print(f"{env_id:<36} {s.rmin:>7g} {s.rmax:>7g}  {budget}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from evorl_nb.evaluate import evaluate
+
+    prog = load_program(args.program)
+    hurdle = None if args.hurdle is None else (args.hurdle, args.hurdle_threshold)
+    runs = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        r = evaluate(prog, args.env, args.preset, seed=seed, hurdle=hurdle, window=args.window,
+                     progress=args.progress)
+        for env_id, sc in r.scores.items():
+            runs.append({"program": prog.name or args.program, "env": env_id, "seed": seed,
+                         "score": sc.score, "score_all": sc.score_all,
+                         "score_last50": sc.score_last50, "episodes": len(sc.run.episodes),
+                         "steps": sc.run.steps, "wall_time": round(sc.run.wall_time, 2),
+                         "failed": sc.run.failed, "reason": sc.run.reason,
+                         "last_return": float(sc.run.returns[-1]) if sc.run.episodes else None})
+        if r.stopped:
+            runs[-1]["stopped"] = r.stopped
+    if args.json:
+        print(json.dumps({"program": prog.to_dict(), "preset": args.preset, "window": args.window,
+                          "runs": runs}, indent=2))
+        return 0
+    print(f"program {prog.name or args.program}: {prog.equation()}   preset {args.preset}, "
+          f"score = mean normalized return over {args.window} episodes")
+    print(f"{'env':<34} {'seed':>4} {'score':>6} {'episodes':>8} {'steps':>7} {'secs':>6}  note")
+    for r in runs:
+        note = r["reason"] or r.get("stopped") or ""
+        print(f"{r['env']:<34} {r['seed']:>4} {r['score']:>6.3f} {r['episodes']:>8} "
+              f"{r['steps']:>7} {r['wall_time']:>6.1f}  {note}")
+    for env_id in dict.fromkeys(r["env"] for r in runs):
+        scores = np.array([r["score"] for r in runs if r["env"] == env_id])
+        print(f"{env_id:<34} mean {scores.mean():.3f} +- {scores.std():.3f} (std over "
+              f"{len(scores)} seed{'s' if len(scores) > 1 else ''})")
+    return 0
+
+
+def _backend_args(p) -> None:
+    p.add_argument("--backend", default="local", choices=["inprocess", "local", "ray"],
+                   help="where candidates train (default: local worker processes)")
+    p.add_argument("--workers", type=int, default=None, help="parallel workers (default: cores)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds before a candidate's worker counts as hung (retried once)")
+    p.add_argument("--address", default=None, help="Ray cluster address: auto or HOST:PORT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _evolve(args) -> int:
+    from evorl_nb.evolve import get_preset
+    from evorl_nb.runner import start
+
+    overrides = {}
+    if args.candidates is not None:
+        overrides["candidates"] = args.candidates
+    if args.space is not None:
+        overrides["space"] = args.space
+    config = get_preset(args.preset, **overrides)
+    start(args.out, config, seed=args.seed, backend=args.backend, workers=args.workers,
+          timeout=args.timeout, address=args.address, progress=not args.quiet)
+    return 0
+
+
+def _resume(args) -> int:
+    from evorl_nb.runner import resume
+
+    resume(args.run, backend=args.backend, workers=args.workers, timeout=args.timeout,
+           address=args.address, candidates=args.candidates, progress=not args.quiet)
+    return 0
+
+
+def _show(args) -> int:
+    from evorl_nb.runner import summary
+
+    print(summary(args.run, k=args.top))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``evorl-nb`` command."""
+    parser = argparse.ArgumentParser(prog="evorl-nb", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("programs", help="list the library programs").set_defaults(func=_programs)
+    p = sub.add_parser("program", help="show a program (library name or JSON file)")
+    p.add_argument("program", help="a library name (see `evorl-nb programs`) or a .json file")
+    p.add_argument("--json", action="store_true", help="print the program JSON")
+    p.add_argument("--latex", action="store_true", help="print the equation as LaTeX")
+    p.set_defaults(func=_program)
+    sub.add_parser("envs", help="list the registered environments").set_defaults(func=_envs)
+    e = sub.add_parser("evaluate", help="train DQN agents with a program's loss and score them")
+    e.add_argument("--program", required=True, help="library name or program JSON file")
+    e.add_argument("--env", nargs="+", required=True, help="environment id(s), e.g. CartPole-v1")
+    e.add_argument("--preset", default="quick", choices=["paper", "quick", "ci"],
+                   help="trainer preset (default quick)")
+    e.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
+    e.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    e.add_argument("--window", default="all", choices=["all", "last50"],
+                   help="score over all episodes (paper) or the last 50 (authors' code)")
+    e.add_argument("--hurdle", default=None,
+                   help="hurdle env, evaluated first (default: none; the paper's is CartPole-v0)")
+    e.add_argument("--hurdle-threshold", type=float, default=0.6, help="hurdle score (0.6)")
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+    e.add_argument("--progress", action="store_true", help="show a progress bar per run")
+    e.set_defaults(func=_evaluate)
+    v = sub.add_parser("evolve", help="run a search (regularized evolution) into a run folder")
+    v.add_argument("--preset", default="quick", choices=["paper", "quick", "ci"],
+                   help="search preset (default quick)")
+    v.add_argument("--out", required=True, help="run folder to create, e.g. runs/my-search")
+    v.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
+    v.add_argument("--candidates", type=int, default=None, help="override the candidate budget")
+    v.add_argument("--space", default=None, choices=["bootstrap", "scratch"],
+                   help="override the search space")
+    _backend_args(v)
+    v.set_defaults(func=_evolve)
+    r = sub.add_parser("resume", help="continue a stopped or killed search")
+    r.add_argument("run", help="run folder (or its run.sqlite)")
+    r.add_argument("--candidates", type=int, default=None, help="raise the candidate budget")
+    _backend_args(r)
+    r.set_defaults(func=_resume)
+    w = sub.add_parser("show", help="top programs and rates of a run")
+    w.add_argument("run", help="run folder (or its run.sqlite)")
+    w.add_argument("--top", type=int, default=10, help="how many programs (default 10)")
+    w.set_defaults(func=_show)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ProgramError, KeyError, ValueError, StoreError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"evorl-nb: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

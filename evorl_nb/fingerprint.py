@@ -1,0 +1,125 @@
+"""Hashing programs: the functional-equivalence fingerprint and a structural hash.
+
+The fingerprint is the paper's duplicate detector (facts.md §2): run the
+program on fixed random inputs and hash its output rounded to 4 decimals.
+Besides the paper's probe (values ~ U(-100, 100)) two more probes draw values
+at unit scale (~ U(-1, 1)) and like training data (discount 0.99 or 0, rewards
+and states ~ N(0, 1)), 64 transitions each: at the paper's scale alone, a max/min can mask a whole
+term (``max(Q, gamma - <s_t, s_{t+1}>^2)`` is just Q when states are ~100),
+and two different losses would share a fingerprint. Programs computing the same loss (up to dead nodes, the argument
+order of commutative ops, or any rewriting) share it, so evolution trains them
+once. The inputs are made in float64 on the CPU from a fixed seed, so the
+fingerprint is the same in every process and run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import numpy as np
+import torch
+
+from evorl_nb.program import N_INPUTS, Batch, Program
+
+__all__ = ["fingerprint", "fingerprint_values", "structural_hash", "probe_inputs", "PROBE"]
+
+PROBE = {
+    "batch_size": 10,
+    "extra_batch_size": 64,
+    "state_dim": 4,
+    "n_actions": 3,
+    "probes": ("paper", "unit", "rl"),
+    "hidden": 8,
+    "seed": 20210108,
+    "decimals": 4,
+}
+"""The fixed probes, each with 4-d states, actions in {0, 1, 2} and fixed random 4-8-3
+MLPs. "paper" (the paper's, batch 10): rewards, discounts and states ~ U(-100, 100);
+"unit" (batch 64): the same ~ U(-1, 1); "rl" (batch 64): discount 0.99 or 0 (done),
+rewards and states ~ N(0, 1)."""
+
+_NAN, _POSINF, _NEGINF = 1.2345678e300, 9.8765432e300, -9.8765432e300
+
+
+class _ProbeNet(torch.nn.Module):
+    def __init__(self, gen: torch.Generator, d: int, h: int, a: int):
+        super().__init__()
+        self.w1 = torch.randn(d, h, generator=gen, dtype=torch.float64) / d**0.5
+        self.b1 = torch.randn(h, generator=gen, dtype=torch.float64)
+        self.w2 = torch.randn(h, a, generator=gen, dtype=torch.float64) / h**0.5
+        self.b2 = torch.randn(a, generator=gen, dtype=torch.float64)
+
+    def forward(self, x):
+        return torch.relu(x @ self.w1 + self.b1) @ self.w2 + self.b2
+
+
+@functools.lru_cache(maxsize=None)  # noqa: UP033 - explicit about the cache having no bound
+def probe_inputs(kind: str = "paper") -> tuple[Batch, torch.nn.Module, torch.nn.Module]:
+    """A fixed random batch and networks (see :data:`PROBE`); the same in every process.
+
+    The discount is fed through ``done`` so that ``gamma * (1 - done)`` is the
+    probe's discount with gamma = 1.
+    """
+    p = PROBE
+    if kind not in p["probes"]:
+        raise KeyError(f"unknown probe {kind!r}; known: {p['probes']}")
+    g = torch.Generator().manual_seed(p["seed"] + p["probes"].index(kind))
+    b = p["batch_size"] if kind == "paper" else p["extra_batch_size"]
+    d = p["state_dim"]
+
+    def draw(*shape):
+        if kind == "rl":
+            return torch.randn(*shape, generator=g, dtype=torch.float64)
+        scale = 100.0 if kind == "paper" else 1.0
+        return (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
+
+    obs, next_obs, reward = draw(b, d), draw(b, d), draw(b)
+    if kind == "rl":
+        discount = 0.99 * (torch.rand(b, generator=g, dtype=torch.float64) > 0.3).double()
+    else:
+        discount = draw(b)
+    action = torch.randint(0, p["n_actions"], (b,), generator=g)
+    q = _ProbeNet(g, d, p["hidden"], p["n_actions"])
+    q_targ = _ProbeNet(g, d, p["hidden"], p["n_actions"])
+    return Batch(obs, action, reward, next_obs, 1.0 - discount), q, q_targ
+
+
+def fingerprint_values(program: Program) -> np.ndarray:
+    """The program's rounded outputs on the probes, concatenated (NaN/inf mapped to fixed values)."""
+    outs = []
+    for kind in PROBE["probes"]:
+        batch, q, q_targ = probe_inputs(kind)
+        gen = torch.Generator().manual_seed(PROBE["seed"] + 1)
+        with torch.no_grad():
+            outs.append(program.evaluate(batch, q, q_targ, gamma=1.0, generator=gen).double().numpy())
+    out = np.concatenate(outs)
+    with np.errstate(all="ignore"):
+        out = np.where(np.isnan(out), _NAN, out)
+        out = np.where(np.isposinf(out), _POSINF, out)
+        out = np.where(np.isneginf(out), _NEGINF, out)
+        out = np.round(out, PROBE["decimals"]) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return out
+
+
+def fingerprint(program: Program) -> str:
+    """The functional-equivalence hash of a program, 16 hex digits."""
+    data = fingerprint_values(program).astype("<f8").tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def structural_hash(program: Program) -> str:
+    """A hash of the pruned graph: equal for graphs equal up to dead nodes, node order
+    and the argument order of commutative ops; 16 hex digits."""
+    from evorl_nb.ops import OPS
+
+    forms: list[str] = [f"in{i}" for i in range(N_INPUTS)]
+    for n in program.nodes:
+        args = [forms[j] for j in n.inputs]
+        if OPS[n.op].commutative:
+            args.sort()
+        head = f"{n.op}[{n.value!r}]" if n.op == "Constant" else n.op
+        form = f"{head}({','.join(args)})"
+        # keep forms short: name each sub-graph by its digest
+        forms.append(hashlib.sha256(form.encode()).hexdigest()[:24])
+    return forms[program.output][:16]

@@ -1,0 +1,175 @@
+"""Run a search to its budget: the evolution, a backend and the run store together.
+
+``start(out, config)`` creates ``out/run.sqlite`` and drives the search;
+``resume(out)`` picks a stopped or killed run up from its store (the
+evaluations that were in flight are lost, nothing else). Only this driver
+writes the store: each finished candidate is one transaction, so a SIGKILL at
+any moment loses no finished work and records nothing twice.
+
+>>> import tempfile
+>>> out = tempfile.mkdtemp()
+>>> path = start(out + "/run", "ci", seed=0, progress=False, verbose=False)
+>>> from evorl_nb.store import load_run
+>>> len(load_run(path).candidates)
+16
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from evorl_nb.backends import make_backend
+from evorl_nb.evolve import Evolution, EvolutionConfig, Outcome, ProgramEvaluator, Proposal, get_preset
+from evorl_nb.store import CandidateRecord, RunStore
+
+__all__ = ["start", "resume", "drive", "store_path", "summary"]
+
+STORE_NAME = "run.sqlite"
+
+
+def store_path(out: str | Path) -> Path:
+    """The store file of a run folder (or the file itself if ``out`` is one)."""
+    out = Path(out)
+    return out if out.suffix == ".sqlite" else out / STORE_NAME
+
+
+def start(out: str | Path, config: EvolutionConfig | str = "quick", *, seed: int = 0,
+          backend: str = "inprocess", workers: int | None = None, timeout: float | None = None,
+          address: str | None = None, evaluator: Callable | None = None, progress: bool = True,
+          verbose: bool = True) -> Path:
+    """Start a new search in folder ``out`` and run it to its budget; returns the store path."""
+    config = get_preset(config) if isinstance(config, str) else config
+    path = store_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = RunStore.create(path, config=config.to_dict(), seed=seed)
+    try:
+        drive(store, Evolution(config, seed), backend, workers=workers, timeout=timeout,
+              address=address, evaluator=evaluator, progress=progress, verbose=verbose)
+    finally:
+        store.close()
+    return path
+
+
+def resume(out: str | Path, *, backend: str = "inprocess", workers: int | None = None,
+           timeout: float | None = None, address: str | None = None,
+           evaluator: Callable | None = None, candidates: int | None = None,
+           progress: bool = True, verbose: bool = True) -> Path:
+    """Continue a stopped or killed search from its store (optionally with a larger budget)."""
+    path = store_path(out)
+    store = RunStore.open(path)
+    try:
+        config = EvolutionConfig.from_dict(store.config)
+        if candidates is not None:
+            config = EvolutionConfig.from_dict({**config.to_dict(), "candidates": candidates})
+            store.set_meta("candidates", candidates)
+        elif store.get_meta("candidates") is not None:
+            config = EvolutionConfig.from_dict({**config.to_dict(),
+                                                "candidates": store.get_meta("candidates")})
+        evo = Evolution(config, store.seed)
+        evo.replay(store.candidates())
+        drive(store, evo, backend, workers=workers, timeout=timeout, address=address,
+              evaluator=evaluator, progress=progress, verbose=verbose)
+    finally:
+        store.close()
+    return path
+
+
+def _record(store: RunStore, prop: Proposal, out: Outcome) -> int:
+    rec = CandidateRecord(
+        proposal=prop.key, parent_id=prop.parent_id, program_json=prop.program.to_json(),
+        fingerprint=prop.fingerprint, status=out.status, reason=out.reason, scores=out.scores,
+        fitness=out.fitness, steps=out.steps, wall_time=out.wall_time, mutation=prop.mutation,
+        worker=out.worker, proposed_at=prop.proposed_at, finished_at=time.time())
+    return store.add(rec, exist_ok=True)
+
+
+class _Stats:
+    def __init__(self, evo: Evolution):
+        self.start, self.evaluated, self.dup, self.hurdle, self.failed = time.time(), 0, 0, 0, 0
+        self.evo = evo
+
+    def count(self, out: Outcome) -> None:
+        self.evaluated += out.status != "duplicate"
+        self.dup += out.status == "duplicate"
+        self.hurdle += out.status == "below_hurdle"
+        self.failed += out.status == "failed"
+
+    def postfix(self) -> dict:
+        n = max(1, self.evaluated + self.dup)
+        rate = self.evaluated / max(1e-9, time.time() - self.start)
+        best = self.evo.best.fitness if self.evo.best else float("nan")
+        return {"evals/s": f"{rate:.2f}", "dup": f"{self.dup / n:.0%}",
+                "hurdle": f"{self.hurdle / max(1, self.evaluated):.0%}", "best": f"{best:.3f}"}
+
+
+def drive(store: RunStore, evo: Evolution, backend: str = "inprocess", *,
+          workers: int | None = None, timeout: float | None = None, address: str | None = None,
+          evaluator: Callable | None = None, progress: bool = True, verbose: bool = True) -> None:
+    """Run ``evo`` to its budget, training candidates on ``backend`` and recording them."""
+    evaluator = evaluator or ProgramEvaluator.from_config(evo.config)
+    be = make_backend(backend, workers, timeout, address)
+    inflight: dict[str, Proposal] = {}
+    stats = _Stats(evo)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=evo.config.candidates, initial=evo.recorded, desc="candidates",
+                   unit="cand", dynamic_ncols=True)
+
+    def settle(prop: Proposal, out: Outcome) -> None:
+        """Record a finished candidate, then whatever was waiting on its fingerprint."""
+        rid = _record(store, prop, out)
+        stats.count(out)
+        for waiter in evo.tell(prop, out, rid):
+            if waiter.cached is not None:
+                settle(waiter, waiter.cached)
+            else:  # its original failed to evaluate: train this one instead
+                be.submit(waiter.key, evaluator, waiter.program, evo.config.eval_seed)
+                inflight[waiter.key] = waiter
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(stats.postfix(), refresh=False)
+
+    try:
+        while not evo.done:
+            while be.free() > 0:
+                prop = evo.ask()
+                if prop is None:
+                    break
+                if prop.cached is not None:
+                    settle(prop, prop.cached)
+                elif not evo.waiting_on(prop):
+                    be.submit(prop.key, evaluator, prop.program, evo.config.eval_seed)
+                    inflight[prop.key] = prop
+            if not inflight:  # nothing to wait for and nothing more to ask: the budget is spent
+                break
+            for key, out in be.wait():
+                settle(inflight.pop(key), out)
+    finally:
+        be.close()
+        if bar is not None:
+            bar.close()
+    if evo.done:
+        store.set_meta("finished", True)
+    if verbose:
+        print(summary(store.path))
+
+
+def summary(path: str | Path, k: int = 5) -> str:
+    """The run's rates and its top-k programs as simplified equations."""
+    from evorl_nb.program import Program
+    from evorl_nb.store import load_run
+
+    data = load_run(store_path(path))
+    rates = data.rates()
+    lines = [f"run {store_path(path)}: {len(data.candidates)} candidates, "
+             f"{rates['evaluated']} trained, duplicates {rates['duplicate']:.0%}, "
+             f"below hurdle {rates['below_hurdle']:.0%}, failed {rates['failed']:.0%}",
+             f"{'rank':>4} {'id':>6} {'fitness':>8}  equation (simplified)"]
+    for rank, (_, row) in enumerate(data.best(k).iterrows(), start=1):
+        eq = Program.from_json(row["program"]).equation()
+        lines.append(f"{rank:>4} {int(row['id']):>6} {row['fitness']:>8.3f}  {eq}")
+    return "\n".join(lines)

@@ -1,0 +1,448 @@
+"""The crash-safe run store: one SQLite file per evolution run.
+
+Every finished candidate is written in its own transaction (WAL journal,
+``synchronous=FULL``), so a killed run -- even by SIGKILL or an OS crash -- loses
+no candidate whose :meth:`RunStore.add` returned, and the file always opens.
+Readers (a notebook dashboard, :func:`load_run`) may read while the run writes.
+
+>>> import tempfile; tmp = tempfile.TemporaryDirectory(); path = f"{tmp.name}/run.sqlite"
+>>> with RunStore.create(path, config={"envs": ["CartPole-v0"]}, seed=0) as store:
+...     store.add(CandidateRecord("c0", None, "{}", "ab12", "trained", None, {"env": 0.9}, 0.9))
+1
+>>> load_run(path).best(1)["fitness"].tolist(); tmp.cleanup()
+[0.9]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunStore", "CandidateRecord", "StoreError", "load_run", "RunData", "FORMAT",
+           "FORMAT_VERSION", "STATUSES", "EVALUATED"]
+
+FORMAT = "evorl_nb.run"
+"""The ``format`` value in the ``meta`` table that marks a file as an evorl_nb run."""
+FORMAT_VERSION = 1
+"""The newest file-format version this code writes and reads."""
+STATUSES = ("trained", "duplicate", "below_hurdle", "failed")
+"""Accepted candidate statuses."""
+EVALUATED = ("trained", "below_hurdle")
+"""Statuses of candidates that were evaluated (trained); only these fill :meth:`RunStore.cache`."""
+BUSY_TIMEOUT_S = 30.0
+"""How long a connection waits for another connection's lock before failing."""
+_RESERVED = ("format", "format_version", "config", "seed", "created_at")
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE candidates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, proposal TEXT UNIQUE NOT NULL, parent_id INTEGER,
+    program TEXT NOT NULL, fingerprint TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
+    scores TEXT NOT NULL, fitness REAL, steps INTEGER, wall_time REAL, mutation TEXT,
+    worker TEXT, proposed_at REAL, finished_at REAL);
+CREATE INDEX candidates_fingerprint ON candidates (fingerprint);
+"""
+_COLUMNS = ("id", "proposal", "parent_id", "program", "fingerprint", "status", "reason",
+            "scores", "fitness", "steps", "wall_time", "mutation", "worker", "proposed_at",
+            "finished_at")
+
+
+class StoreError(RuntimeError):
+    """A run file cannot be created, opened, read or written as asked."""
+
+
+@dataclass
+class CandidateRecord:
+    """One finished candidate, as recorded in a run (one row of ``candidates``)."""
+
+    proposal: str
+    """Unique key the evolution gave the candidate when proposing it (e.g. ``"c000123"``)."""
+    parent_id: int | None
+    """Store id of the parent candidate; None for the initial population."""
+    program_json: str
+    """The program as JSON text."""
+    fingerprint: str
+    """Functional-equivalence fingerprint (the cache key)."""
+    status: str
+    """One of ``"trained"``, ``"duplicate"``, ``"below_hurdle"``, ``"failed"``."""
+    reason: str | None
+    """Why it failed or was cut short (free text); None if nothing to say."""
+    scores: dict[str, float]
+    """Normalized training score per environment id."""
+    fitness: float
+    """Fitness; NaN when there is none (stored as NULL)."""
+    steps: int = 0
+    """Environment steps spent training it (0 for duplicates)."""
+    wall_time: float = 0.0
+    """Seconds spent evaluating it."""
+    mutation: str | None = None
+    """Text description of the mutation that made it from its parent."""
+    worker: str | None = None
+    """Which worker evaluated it."""
+    proposed_at: float = 0.0
+    """Unix time at which it was proposed."""
+    finished_at: float = 0.0
+    """Unix time at which its evaluation finished."""
+    id: int | None = None
+    """Store id (1, 2, ... in the order candidates joined); set by the store, ignored by add."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`StoreError` unless every field has a storable value."""
+        p = self.proposal
+        if not isinstance(p, str) or not p:
+            raise StoreError(f"proposal must be a non-empty str, got {p!r}")
+        if self.status not in STATUSES:
+            raise StoreError(f"candidate {p!r}: status {self.status!r} is not one of {STATUSES}")
+        for name, (kind, what, none_ok) in _CHECKS.items():
+            v = getattr(self, name)
+            if not (v is None and none_ok) and (isinstance(v, bool) or not isinstance(v, kind)):
+                raise StoreError(f"candidate {p!r}: {name} must be {what}"
+                                 f"{' or None' if none_ok else ''}, got {v!r}")
+        if not all(isinstance(k, str) and isinstance(v, numbers.Real) and not isinstance(v, bool)
+                   for k, v in self.scores.items()):
+            raise StoreError(f"candidate {p!r}: scores must map env ids (str) to floats, "
+                             f"got {self.scores!r}")
+
+
+_S, _N, _I = (str, "a str"), (numbers.Real, "a number"), (numbers.Integral, "an int")
+_CHECKS = {  # field -> (accepted type, what to say, None accepted)
+    "parent_id": (*_I, True), "program_json": (*_S, False), "fingerprint": (*_S, False),
+    "reason": (*_S, True), "scores": (dict, "a dict of env id -> score", False),
+    "fitness": (numbers.Real, "a number (NaN if none)", True), "steps": (*_I, False),
+    "wall_time": (*_N, False), "mutation": (*_S, True), "worker": (*_S, True),
+    "proposed_at": (*_N, False), "finished_at": (*_N, False),
+}
+
+
+def _json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"{what} must be JSON-serializable (dict, list, str, number, bool, "
+                         f"None): {e}") from None
+
+
+def _loads(text: Any) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _record(row: tuple) -> CandidateRecord:
+    r = dict(zip(_COLUMNS, row, strict=True))
+    return CandidateRecord(
+        proposal=r["proposal"], parent_id=r["parent_id"], program_json=r["program"],
+        fingerprint=r["fingerprint"], status=r["status"], reason=r["reason"],
+        scores=json.loads(r["scores"]), fitness=math.nan if r["fitness"] is None else r["fitness"],
+        steps=r["steps"] or 0, wall_time=r["wall_time"] or 0.0, mutation=r["mutation"],
+        worker=r["worker"], proposed_at=r["proposed_at"] or 0.0,
+        finished_at=r["finished_at"] or 0.0, id=r["id"])
+
+
+class RunStore:
+    """One run's SQLite file: run settings plus every finished candidate (thread-safe)."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, readonly: bool):
+        """Internal: use :meth:`create` or :meth:`open`."""
+        self.path = path
+        """Path of the run file."""
+        self.readonly = readonly
+        """True if opened with ``readonly=True`` (writes raise :class:`StoreError`)."""
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.RLock()
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        self._config_text = meta["config"]
+        self.seed: int = json.loads(meta["seed"])
+        """The run's seed."""
+        self.created_at: float = json.loads(meta["created_at"])
+        """Unix time at which the run was created."""
+
+    @property
+    def config(self) -> dict:
+        """The run's configuration (a fresh copy; JSON round-trip, so tuples come back as lists)."""
+        return json.loads(self._config_text)
+
+    # --- making and opening ------------------------------------------------------------
+    @staticmethod
+    def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, uri=uri, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        return conn
+
+    @classmethod
+    def create(cls, path: str | Path, config: dict, seed: int) -> RunStore:
+        """Create a run file at ``path`` (and its folders); StoreError if it exists, non-empty."""
+        path = Path(path)
+        if not isinstance(config, dict):
+            raise StoreError(f"config must be a dict, got {type(config).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise StoreError(f"seed must be an int, got {seed!r}")
+        config_text = _json(config, "config")
+        for p in (path, Path(f"{path}-wal"), Path(f"{path}-journal")):
+            if p.is_dir() or p.exists() and p.stat().st_size > 0:
+                raise StoreError(f"cannot create run {str(path)!r}: {str(p)!r} already exists; "
+                                 "resume it with RunStore.open(path) or choose a new path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = cls._connect(str(path))
+        try:
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("BEGIN IMMEDIATE")  # all or nothing: a killed create leaves no half-run
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise StoreError(f"cannot create run {str(path)!r}: another process created "
+                                 "it first; open it with RunStore.open(path)")
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "seed": seed,
+                    "created_at": time.time()}
+            rows = [(k, json.dumps(v)) for k, v in meta.items()] + [("config", config_text)]
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows)
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA journal_mode = WAL")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        return cls(path, conn, readonly=False)
+
+    @classmethod
+    def open(cls, path: str | Path, readonly: bool = False) -> RunStore:
+        """Open an existing run (for reading only if ``readonly``); StoreError if the file is
+        missing, empty, not an evorl_nb run, or of a newer format version."""
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"no run file at {str(path)!r}; create one with "
+                             "RunStore.create(path, config, seed)")
+        if not path.is_file():
+            raise StoreError(f"{str(path)!r} is not a file; give the path of a run's .sqlite file")
+        if path.stat().st_size == 0:
+            raise StoreError(f"{str(path)!r} is an empty file, not an evorl_nb run "
+                             "(was its creation interrupted? delete it and create the run again)")
+        if readonly:
+            conn = cls._connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        else:
+            conn = cls._connect(str(path))
+        try:
+            cls._check_format(path, conn)
+            if not readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+            return cls(path, conn, readonly=readonly)
+        except BaseException:
+            conn.close()
+            raise
+
+    @staticmethod
+    def _check_format(path: Path, conn: sqlite3.Connection) -> None:
+        not_run = f"{str(path)!r} is not an evorl_nb run"
+        try:
+            has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                    "AND name = 'meta'").fetchone()
+            rows = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if has_meta else {}
+        except sqlite3.DatabaseError as e:
+            if "not a database" in str(e) or "encrypted" in str(e):
+                raise StoreError(f"{not_run} (not an SQLite database)") from None
+            raise StoreError(f"cannot read {str(path)!r}: {e}") from None
+        if not has_meta:
+            raise StoreError(f"{not_run} (SQLite, but it has no meta table)")
+
+        value = {k: _loads(v) for k, v in rows.items()}.get
+        if value("format") != FORMAT:
+            raise StoreError(f"{not_run} (meta format is {rows.get('format')!r}, "
+                             f"expected {FORMAT!r})")
+        version = value("format_version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise StoreError(f"{not_run} (format_version {rows.get('format_version')!r} is not "
+                             "a positive integer)")
+        if version > FORMAT_VERSION:
+            raise StoreError(f"{str(path)!r} has run format version {version}, but this evorl_nb "
+                             f"reads versions up to {FORMAT_VERSION}; upgrade evorl_nb")
+        missing = [k for k in ("config", "seed", "created_at") if k not in rows]
+        if missing:
+            raise StoreError(f"{not_run} (meta lacks {', '.join(missing)})")
+
+    # --- helpers -----------------------------------------------------------------------
+    def _db(self, write: bool = False) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"run store {str(self.path)!r} is closed; reopen it with "
+                             "RunStore.open(path)")
+        if write and self.readonly:
+            raise StoreError(f"run store {str(self.path)!r} is open read-only; open it with "
+                             "RunStore.open(path) to write")
+        return self._conn
+
+    def _write(self, fn):
+        with self._lock:
+            conn = self._db(write=True)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn)
+                conn.execute("COMMIT")
+                return out
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db().execute(sql, args).fetchall()
+
+    # --- candidates --------------------------------------------------------------------
+    def add(self, rec: CandidateRecord, exist_ok: bool = False) -> int:
+        """Record one finished candidate in one transaction; return its id (also set on ``rec``).
+
+        StoreError if ``rec.proposal`` is already recorded, unless ``exist_ok``: then its id."""
+        if not isinstance(rec, CandidateRecord):
+            raise StoreError(f"add expects a CandidateRecord, got {type(rec).__name__}")
+        rec.validate()
+        fitness = None if rec.fitness is None or math.isnan(rec.fitness) else float(rec.fitness)
+        parent = None if rec.parent_id is None else int(rec.parent_id)
+        scores = _json({k: float(v) for k, v in rec.scores.items()}, "scores")
+        row = (rec.proposal, parent, rec.program_json, rec.fingerprint, rec.status, rec.reason,
+               scores, fitness, int(rec.steps), float(rec.wall_time), rec.mutation, rec.worker,
+               float(rec.proposed_at), float(rec.finished_at))
+
+        def insert(conn):
+            old = conn.execute("SELECT id FROM candidates WHERE proposal = ?",
+                               (rec.proposal,)).fetchone()
+            if old is not None:
+                if exist_ok:
+                    return old[0]
+                raise StoreError(f"proposal {rec.proposal!r} is already recorded (id {old[0]}) "
+                                 f"in {str(self.path)!r}; pass exist_ok=True to get its id")
+            cur = conn.execute(f"INSERT INTO candidates ({', '.join(_COLUMNS[1:])}) "
+                               f"VALUES ({', '.join('?' * len(row))})", row)
+            return cur.lastrowid
+
+        rec.id = self._write(insert)
+        return rec.id
+
+    def candidates(self) -> list[CandidateRecord]:
+        """All recorded candidates, in id order."""
+        rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM candidates ORDER BY id")
+        return [_record(r) for r in rows]
+
+    def count(self) -> int:
+        """Number of recorded candidates."""
+        return self._read("SELECT count(*) FROM candidates")[0][0]
+
+    def has_proposal(self, key: str) -> bool:
+        """Whether a candidate with proposal key ``key`` is recorded."""
+        return bool(self._read("SELECT 1 FROM candidates WHERE proposal = ?", (key,)))
+
+    def cache(self) -> dict[str, float]:
+        """Fingerprint -> fitness of evaluated candidates (status "trained" or "below_hurdle").
+
+        Failed ones are not cached; duplicates neither, as they only repeat the fitness of
+        an earlier candidate with their fingerprint. The earliest evaluation of one wins."""
+        rows = self._read("SELECT fingerprint, fitness FROM candidates WHERE status IN "
+                          "(?, ?) ORDER BY id DESC", EVALUATED)
+        return {fp: math.nan if f is None else f for fp, f in rows}
+
+    # --- run-level state ---------------------------------------------------------------
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store small run-level state ``value`` (JSON-able) under ``key`` (e.g. "finished")."""
+        if not isinstance(key, str) or key in _RESERVED:
+            raise StoreError(f"meta key {key!r} cannot be set: use a str other than {_RESERVED}")
+        text = _json(value, f"meta value for {key!r}")
+        self._write(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, text)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        """The run-level value stored under ``key``, or ``default`` if there is none."""
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    # --- closing -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the file (idempotent); later calls raise :class:`StoreError`."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+
+_FRAME = {  # DataFrame column -> dtype (then one float column per env: "score:<env_id>")
+    "id": "int64", "parent_id": "Int64", "proposal": object, "status": object, "reason": object,
+    "fitness": "float64", "steps": "int64", "wall_time": "float64", "fingerprint": object,
+    "program": object, "mutation": object, "worker": object, "proposed_at": "float64",
+    "finished_at": "float64",
+}
+
+
+@dataclass
+class RunData:
+    """A snapshot of a run, read by :func:`load_run`."""
+
+    path: Path
+    """The run file."""
+    config: dict
+    """The run's configuration."""
+    seed: int
+    """The run's seed."""
+    created_at: float
+    """Unix time at which the run was created."""
+    candidates: Any
+    """pandas DataFrame, one row per candidate in id order; ``score:<env_id>`` columns."""
+    meta: dict = field(default_factory=dict)
+    """Run-level state set with :meth:`RunStore.set_meta` (e.g. ``{"finished": True}``)."""
+
+    def best(self, k: int = 10):
+        """Top ``k`` candidates by fitness (ties: lower id first), leaving out failed ones
+        and ones without a fitness (NaN)."""
+        df = self.candidates
+        df = df[(df["status"] != "failed") & df["fitness"].notna()]
+        return df.sort_values(["fitness", "id"], ascending=[False, True],
+                              kind="mergesort").head(k)
+
+    def rates(self) -> dict:
+        """Fractions of all candidates that were ``duplicate``, ``below_hurdle`` and
+        ``failed`` (0.0 for an empty run), the ``evaluated`` count (trained or below
+        the hurdle) and the ``total`` count."""
+        status = self.candidates["status"]
+        n = len(status)
+        out = {s: float((status == s).sum()) / n if n else 0.0
+               for s in ("duplicate", "below_hurdle", "failed")}
+        out["evaluated"] = int(status.isin(EVALUATED).sum())
+        out["total"] = n
+        return out
+
+
+def load_run(path: str | Path) -> RunData:
+    """Read a run (read-only; safe while another process writes it) into a :class:`RunData`."""
+    import pandas as pd
+
+    with RunStore.open(path, readonly=True) as store:
+        recs = store.candidates()
+        meta = {k: json.loads(v) for k, v in store._read("SELECT key, value FROM meta")
+                if k not in _RESERVED}
+        envs = list(dict.fromkeys(e for r in recs for e in r.scores))
+        data = {c: pd.Series([getattr(r, "program_json" if c == "program" else c) for r in recs],
+                             dtype=t) for c, t in _FRAME.items()}
+        for env in envs:
+            data[f"score:{env}"] = pd.Series([r.scores.get(env, math.nan) for r in recs],
+                                             dtype="float64")
+        df = pd.DataFrame(data)
+        return RunData(path=Path(path), config=store.config, seed=store.seed,
+                       created_at=store.created_at, candidates=df, meta=meta)
