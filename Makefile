@@ -3,7 +3,9 @@ VENV = .venv
 BIN = $(VENV)/bin
 TORCH_PIN = torch==2.13.0
 
-.PHONY: install test lint lab clean
+RUN ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: install test lint lab clean evolve
 
 # Stamp file: re-run the install whenever pyproject.toml changes.
 # torch is installed FIRST with an exact pin (local CPU wheel) so that the
@@ -19,6 +21,11 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests
+
+# The main job: a quick search (bootstrapped from DQN, CartPole, 200 candidates) on local
+# worker processes, one per core, into a new run folder; prints the top programs at the end.
+evolve: $(VENV)/.installed
+	$(BIN)/evorl-nb evolve --preset quick --out $(RUN) --backend local
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check evorl_nb tests

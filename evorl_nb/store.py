@@ -189,6 +189,7 @@ class RunStore:
             raise StoreError(f"config must be a dict, got {type(config).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise StoreError(f"seed must be an int, got {seed!r}")
+        seed = int(seed)
         config_text = _json(config, "config")
         for p in (path, Path(f"{path}-wal"), Path(f"{path}-journal")):
             if p.is_dir() or p.exists() and p.stat().st_size > 0:
@@ -230,7 +231,7 @@ class RunStore:
             raise StoreError(f"{str(path)!r} is not a file; give the path of a run's .sqlite file")
         if path.stat().st_size == 0:
             raise StoreError(f"{str(path)!r} is an empty file, not an evorl_nb run "
-                             "(was its creation interrupted? delete it and create the run again)")
+                             "(an interrupted create? RunStore.create can reuse it)")
         if readonly:
             conn = cls._connect(path.resolve().as_uri() + "?mode=ro", uri=True)
         else:

@@ -1,0 +1,56 @@
+"""A fake evaluator for testing evolution logic without training agents.
+
+Its fitness is a deterministic function of the loss (the fingerprint), so
+equivalent programs score the same, as real training with one seed does. It can
+sleep, crash its worker process, or hang, to test the backends.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from evorl_nb.evolve import Outcome
+
+
+def fake_fitness(program) -> float:
+    """A fitness in [0, 1) read off the program's fingerprint."""
+    return int(program.fingerprint()[:8], 16) / 16**8
+
+
+@dataclass(frozen=True)
+class FakeEvaluator:
+    """Scores programs without training; optionally slow, crashing or hanging."""
+
+    sleep: float = 0.0
+    crash_every: int = 0
+    """Crash (os._exit) on programs whose fingerprint's first hex digits are 0 mod this
+    (1: every program not spared)."""
+    crash_once_dir: str | None = None
+    """With crash_every: crash only the first time per program (a marker file remembers)."""
+    hang_every: int = 0
+    """Hang (sleep for an hour) on programs whose fingerprint is 0 mod this."""
+    hurdle: float | None = None
+    """Below this fitness the status is below_hurdle."""
+    spare: tuple[str, ...] = ()
+    """Fingerprints that never crash or hang (e.g. the seed program's)."""
+
+    def __call__(self, program, seed: int) -> Outcome:
+        fp = program.fingerprint()
+        key = int(fp[:8], 16)
+        spared = fp in self.spare
+        if self.crash_every and not spared and key % self.crash_every == 0:
+            marker = Path(self.crash_once_dir or "/nonexistent") / fp
+            if self.crash_once_dir is None or not marker.exists():
+                if self.crash_once_dir is not None:
+                    marker.touch()
+                os._exit(3)
+        if self.hang_every and not spared and key % self.hang_every == 0:
+            time.sleep(3600)
+        if self.sleep:
+            time.sleep(self.sleep)
+        fitness = fake_fitness(program)
+        status = "below_hurdle" if self.hurdle is not None and fitness < self.hurdle else "trained"
+        return Outcome(status, fitness, {"Fake-v0": fitness}, None, 100, self.sleep)

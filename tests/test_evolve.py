@@ -1,0 +1,204 @@
+"""Regularized evolution with a fake evaluator: tournament, aging, cache, hurdle, determinism,
+kill -9 and resume, local worker death and hangs, and the Ray backend."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evorl_nb import library
+from evorl_nb.evolve import Evolution, ProgramEvaluator, get_preset, iterate
+from evorl_nb.runner import resume, start
+from evorl_nb.store import RunStore, load_run
+from fakes import FakeEvaluator, fake_fitness
+
+TESTS = Path(__file__).parent
+
+
+def small(**kw):
+    base = dict(population=8, tournament=3, candidates=60, envs=("CartPole-v0",), hurdle=None,
+                trainer="ci")
+    base.update(kw)
+    return get_preset("ci", **base)
+
+
+def test_population_is_the_most_recent_candidates_and_parents_win_tournaments():
+    evo = Evolution(small(tournament=8), seed=0)  # tournament = whole population
+    history = []
+    for prop, out in iterate(evo, FakeEvaluator()):
+        if prop.parent_id is not None:
+            # the parent is the fittest of the population as it stood (the whole of it here)
+            best = max(members_at_ask, key=lambda m: (m.fitness, m.id))
+            assert prop.parent_id == best.id
+        history.append(evo.recorded)
+        members_at_ask = list(evo.population)
+        assert [m.id for m in evo.population] == list(range(max(1, evo.recorded - 7),
+                                                              evo.recorded + 1))
+    assert evo.recorded == 60 and len(evo.population) == 8
+
+
+def test_tournament_samples_without_replacement():
+    evo = Evolution(small(tournament=3), seed=0)
+    for _ in iterate(evo, FakeEvaluator()):
+        if evo.recorded == 8:
+            break
+    ranked = sorted(evo.population, key=lambda m: (m.fitness, m.id))
+    wins = {m.id: 0 for m in ranked}
+    for k in range(3000):
+        wins[evo._tournament(np.random.default_rng(k)).id] += 1
+    # without replacement, the two least fit can never win a 3-member tournament
+    assert wins[ranked[0].id] == wins[ranked[1].id] == 0
+    # the fittest wins whenever sampled: 3/8 of the time
+    assert abs(wins[ranked[-1].id] / 3000 - 3 / 8) < 0.04
+
+
+def test_cache_hits_skip_evaluation():
+    calls = []
+
+    def counting(program, seed):
+        calls.append(program.fingerprint())
+        return FakeEvaluator()(program, seed)
+
+    evo = Evolution(small(), seed=1)
+    results = list(iterate(evo, counting))
+    trained = [p for p, o in results if o.status == "trained"]
+    dups = [(p, o) for p, o in results if o.status == "duplicate"]
+    assert len(calls) == len(trained) == len(set(calls))  # each loss trained once
+    assert dups, "a bootstrapped search proposes duplicates"
+    for p, o in dups:
+        assert o.fitness == fake_fitness(p.program)  # the cached score of the same loss
+
+
+def test_hurdle_short_circuits_in_the_search():
+    # real training at the ci budget cannot reach 0.99 on CartPole: every candidate stops there
+    config = small(candidates=8, population=4, envs=("CartPole-v0", "Acrobot-v1"),
+                   hurdle=("CartPole-v0", 0.99))
+    evo = Evolution(config, seed=0)
+    results = list(iterate(evo, ProgramEvaluator.from_config(config)))
+    evaluated = [o for _, o in results if o.status != "duplicate"]
+    assert evaluated and all(o.status == "below_hurdle" for o in evaluated)
+    assert all(list(o.scores) == ["CartPole-v0"] for o in evaluated)
+
+
+def _table(path):
+    df = load_run(path).candidates
+    return df[["proposal", "parent_id", "status", "fitness", "program", "mutation"]]
+
+
+def test_same_seed_same_search(tmp_path):
+    a = start(tmp_path / "a", small(), seed=3, evaluator=FakeEvaluator(), progress=False,
+              verbose=False)
+    b = start(tmp_path / "b", small(), seed=3, evaluator=FakeEvaluator(), progress=False,
+              verbose=False)
+    c = start(tmp_path / "c", small(), seed=4, evaluator=FakeEvaluator(), progress=False,
+              verbose=False)
+    assert _table(a).equals(_table(b))
+    assert not _table(a).equals(_table(c))
+    assert len(_table(a)) == 60
+
+
+KILL_SCRIPT = """
+import sys; sys.path.insert(0, {tests!r})
+from fakes import FakeEvaluator
+from evorl_nb.evolve import get_preset
+from evorl_nb.runner import start
+cfg = get_preset("ci", population=8, tournament=3, candidates=80, envs=("CartPole-v0",),
+                 hurdle=None, trainer="ci")
+start({out!r}, cfg, seed=5, evaluator=FakeEvaluator(sleep=0.05), progress=False, verbose=False)
+"""
+
+
+def test_resume_after_kill_9(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(tests=str(TESTS),
+                                                                       out=str(out))])
+    store_file = out / "run.sqlite"
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until some, not all, candidates are recorded
+        if store_file.exists():
+            try:
+                with RunStore.open(store_file, readonly=True) as s:
+                    if s.count() >= 20:
+                        break
+            except Exception:
+                pass
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with RunStore.open(store_file, readonly=True) as s:
+        before = s.count()
+        recorded_before = [r.proposal for r in s.candidates()]
+    assert 20 <= before < 80
+
+    resume(out, evaluator=FakeEvaluator(), progress=False, verbose=False)
+    with RunStore.open(store_file, readonly=True) as s:
+        recs = s.candidates()
+        assert s.get_meta("finished") is True
+    proposals = [r.proposal for r in recs]
+    assert len(recs) == 80 and len(set(proposals)) == 80  # nothing recorded twice
+    assert proposals[:before] == recorded_before  # finished work kept as it was
+    assert [r.id for r in recs] == list(range(1, 81))
+    # after the resume, parents come from the population rebuilt from the store
+    for r in recs[before:]:
+        if r.parent_id is not None:
+            assert r.parent_id < r.id and r.parent_id >= r.id - 8 - 2
+
+
+DQN_FP = library.get("dqn").fingerprint()
+
+
+def tiny(**kw):
+    return small(population=4, tournament=2, **kw)
+
+
+def test_local_backend_retries_a_dead_worker_once(tmp_path):
+    marker_dir = tmp_path / "markers"
+    marker_dir.mkdir()
+    # every program but the DQN seed kills its worker the first time it is trained
+    crash_once = FakeEvaluator(crash_every=1, spare=(DQN_FP,), crash_once_dir=str(marker_dir))
+    path = start(tmp_path / "once", tiny(candidates=10), seed=0, backend="local", workers=2,
+                 evaluator=crash_once, progress=False, verbose=False)
+    df = load_run(path).candidates
+    assert len(df) == 10 and (df.status != "failed").all()  # each crash retried, then fine
+    assert len(list(marker_dir.iterdir())) == (df.status == "trained").sum() - 1
+
+    always = FakeEvaluator(crash_every=1, spare=(DQN_FP,))
+    path = start(tmp_path / "always", tiny(candidates=8), seed=0, backend="local", workers=2,
+                 evaluator=always, progress=False, verbose=False)
+    df = load_run(path).candidates
+    failed = df[df.status == "failed"]
+    assert len(df) == 8 and len(failed) >= 1 and (df.status == "trained").sum() == 1
+    assert failed.reason.str.contains("died").all() and (failed.fitness == 0).all()
+
+
+def test_local_backend_times_out_a_hung_worker(tmp_path):
+    hang = FakeEvaluator(hang_every=1, spare=(DQN_FP,))
+    path = start(tmp_path / "hang", tiny(candidates=8), seed=0, backend="local", workers=2,
+                 timeout=2, evaluator=hang, progress=False, verbose=False)
+    df = load_run(path).candidates
+    failed = df[df.status == "failed"]
+    assert len(df) == 8 and len(failed) >= 1 and failed.reason.str.contains("hung").all()
+    assert (df.status == "trained").sum() == 1  # the spared seed; the search went on
+
+
+def test_ray_backend_end_to_end_with_worker_death(tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install evorl_nb[ray]")
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
+             runtime_env={"env_vars": {"PYTHONPATH": str(TESTS) + os.pathsep + str(TESTS.parent)}})
+    try:
+        marker_dir = tmp_path / "markers"
+        marker_dir.mkdir()
+        ev = FakeEvaluator(crash_every=1, spare=(DQN_FP,), crash_once_dir=str(marker_dir))
+        path = start(tmp_path / "ray", tiny(candidates=10), seed=0, backend="ray",
+                     evaluator=ev, progress=False, verbose=False)
+        df = load_run(path).candidates
+        assert len(df) == 10 and (df.status != "failed").all()
+        assert df.worker.str.startswith("ray").any()
+        assert any(marker_dir.iterdir()), "a Ray worker really died and was retried"
+    finally:
+        ray.shutdown()
