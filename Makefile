@@ -19,10 +19,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The tests, then every notebook executed at the CI budget (EVORL_BUDGET=ci).
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests
+	EVORL_BUDGET=ci $(BIN)/python -m pytest -q --nbmake --nbmake-timeout=600 notebooks
 
-# The main job: a quick search (bootstrapped from DQN, CartPole, 200 candidates) on local
+# The main job: a quick search (bootstrapped from DQN, CartPole, 600 candidates) on local
 # worker processes, one per core, into a new run folder; prints the top programs at the end.
 evolve: $(VENV)/.installed
 	$(BIN)/evorl-nb evolve --preset quick --out $(RUN) --backend local

@@ -129,6 +129,10 @@ def _evolve(args) -> int:
         overrides["candidates"] = args.candidates
     if args.space is not None:
         overrides["space"] = args.space
+    if args.seed_run is not None:
+        from evorl_nb.runner import store_path
+
+        overrides["seed_run"] = str(store_path(args.seed_run))
     config = get_preset(args.preset, **overrides)
     start(args.out, config, seed=args.seed, backend=args.backend, workers=args.workers,
           timeout=args.timeout, address=args.address, progress=not args.quiet)
@@ -184,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--candidates", type=int, default=None, help="override the candidate budget")
     v.add_argument("--space", default=None, choices=["bootstrap", "scratch"],
                    help="override the search space")
+    v.add_argument("--seed-run", default=None,
+                   help="start the population from the best programs of this saved run")
     _backend_args(v)
     v.set_defaults(func=_evolve)
     r = sub.add_parser("resume", help="continue a stopped or killed search")

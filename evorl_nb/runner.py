@@ -165,11 +165,15 @@ def summary(path: str | Path, k: int = 5) -> str:
 
     data = load_run(store_path(path))
     rates = data.rates()
-    lines = [f"run {store_path(path)}: {len(data.candidates)} candidates, "
+    df = data.candidates
+    lines = [f"run {store_path(path)}: {len(df)} candidates, "
              f"{rates['evaluated']} trained, duplicates {rates['duplicate']:.0%}, "
              f"below hurdle {rates['below_hurdle']:.0%}, failed {rates['failed']:.0%}",
-             f"{'rank':>4} {'id':>6} {'fitness':>8}  equation (simplified)"]
-    for rank, (_, row) in enumerate(data.best(k).iterrows(), start=1):
+             f"{'rank':>4} {'id':>6} {'fitness':>8} {'seen':>5}  equation (simplified)"]
+    best = data.best(len(df)).drop_duplicates("fingerprint").head(k)  # distinct losses
+    seen = df["fingerprint"].value_counts()
+    for rank, (_, row) in enumerate(best.iterrows(), start=1):
         eq = Program.from_json(row["program"]).equation()
-        lines.append(f"{rank:>4} {int(row['id']):>6} {row['fitness']:>8.3f}  {eq}")
+        lines.append(f"{rank:>4} {int(row['id']):>6} {row['fitness']:>8.3f} "
+                     f"{seen[row['fingerprint']]:>5}  {eq}")
     return "\n".join(lines)

@@ -225,8 +225,8 @@ class RunStore:
         missing, empty, not an evorl_nb run, or of a newer format version."""
         path = Path(path)
         if not path.exists():
-            raise StoreError(f"no run file at {str(path)!r}; create one with "
-                             "RunStore.create(path, config, seed)")
+            raise StoreError(f"no run file at {str(path)!r}; start a run with `evorl-nb evolve "
+                             "--out FOLDER` (or RunStore.create(path, config, seed))")
         if not path.is_file():
             raise StoreError(f"{str(path)!r} is not a file; give the path of a run's .sqlite file")
         if path.stat().st_size == 0:

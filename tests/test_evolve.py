@@ -102,6 +102,17 @@ def test_same_seed_same_search(tmp_path):
     assert len(_table(a)) == 60
 
 
+def test_bootstrap_from_a_saved_run(tmp_path):
+    first = start(tmp_path / "first", small(), seed=0, evaluator=FakeEvaluator(), progress=False,
+                  verbose=False)
+    best = load_run(first).best(8)
+    second = start(tmp_path / "second", small(seed_run=str(first), candidates=20), seed=1,
+                   evaluator=FakeEvaluator(), progress=False, verbose=False)
+    initial = load_run(second).candidates.iloc[:8]
+    assert list(initial.fingerprint) == list(best.fingerprint)
+    assert (initial.status == "duplicate").sum() == 0 or initial.fitness.max() == best.fitness.max()
+
+
 KILL_SCRIPT = """
 import sys; sys.path.insert(0, {tests!r})
 from fakes import FakeEvaluator

@@ -1,0 +1,231 @@
+"""Training plots: the live Q-value overestimation monitor, learning curves and score bars.
+
+Everything here consumes what the trainer already produced (:class:`~evorl_nb.dqn.EpisodeRecord`,
+:class:`~evorl_nb.dqn.TrainResult`, score tables); nothing trains.
+
+>>> from evorl_nb import library
+>>> from evorl_nb.dqn import train, get_config
+>>> monitor = QValueMonitor()
+>>> run = train(library.get("dqn"), "CartPole-v1", get_config("ci"),
+...             callback=monitor.callback("DQN"))
+>>> len(monitor.records["DQN"]) == len(run.episodes)
+True
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from evorl_nb.dqn import EpisodeRecord, TrainResult
+from evorl_nb.envs import get_spec
+
+__all__ = ["QValueMonitor", "learning_curves", "score_bars", "moving_average"]
+
+PALETTE = qualitative.D3
+"""Colours given to algorithms in the order they first appear in a figure."""
+
+
+def moving_average(values: Any, k: int) -> np.ndarray:
+    """Trailing mean over the last ``k`` values (fewer at the start); same length as the input."""
+    v = np.asarray(values, dtype=float)
+    if k <= 1 or v.size == 0:
+        return v.copy()
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    idx = np.arange(1, v.size + 1)
+    lo = np.maximum(idx - k, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def _rgba(color: str, alpha: float) -> str:
+    h = color.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+class QValueMonitor:
+    """A live plot of Q-value overestimation, one colour per algorithm.
+
+    Per algorithm it draws the online network's estimate of the initial state's value,
+    ``max_a Q(s_0, a)`` (``record.q_initial``, solid), and the discounted return actually
+    collected from that state (``record.discounted_return``, dashed), against environment
+    steps. A solid line above its dashed line is overestimation (the paper's Figure on
+    DQN vs DQNReg). ``smoothing=k`` shows trailing means over ``k`` episodes; the raw
+    points stay in ``records``. A grey band marks the episodes before the first gradient
+    step. Display ``monitor.figure`` in a notebook, then pass
+    ``callback=monitor.callback(name)`` to :func:`evorl_nb.dqn.train`.
+    """
+
+    def __init__(self, *, smoothing: int = 1, title: str | None = None, height: int = 450):
+        """Create the empty figure; ``smoothing`` is the moving-average window in episodes."""
+        if smoothing < 1:
+            raise ValueError(f"smoothing must be >= 1, got {smoothing}")
+        self.smoothing = smoothing
+        self.records: dict[str, list[EpisodeRecord]] = {}
+        """The raw episode records received, per algorithm name."""
+        self._traces: dict[str, tuple[int, int]] = {}
+        self._marked = False
+        smooth = f" (mean of {smoothing} episodes)" if smoothing > 1 else ""
+        self.figure = go.FigureWidget(layout=go.Layout(
+            title=title or "Q-value overestimation: Q(s₀) (solid) vs realized discounted return"
+                           " (dashed)" + smooth,
+            xaxis_title="environment steps", yaxis_title="value of the initial state",
+            height=height, template="plotly_white", hovermode="x unified",
+            legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0)))
+        """The ``plotly.graph_objects.FigureWidget`` showing the traces."""
+
+    def _add_traces(self, name: str) -> tuple[int, int]:
+        color = PALETTE[len(self._traces) % len(PALETTE)]
+        n = len(self.figure.data)
+        common = dict(x=[], y=[], mode="lines", legendgroup=name, customdata=[])
+        hover = "episode %{customdata}: %{y:.2f}"
+        self.figure.add_scatter(name=f"{name}: Q(s₀)", line=dict(color=color, width=2.5),
+                                hovertemplate=hover, **common)
+        self.figure.add_scatter(name=f"{name}: return", line=dict(color=color, width=1.5,
+                                                                  dash="dash"),
+                                opacity=0.8, hovertemplate=hover, **common)
+        self._traces[name] = (n, n + 1)
+        return self._traces[name]
+
+    def add(self, name: str, record: EpisodeRecord) -> None:
+        """Append one finished episode of algorithm ``name`` to the records and the figure."""
+        recs = self.records.setdefault(name, [])
+        recs.append(record)
+        iq, ir = self._traces.get(name) or self._add_traces(name)
+        if not self._marked and not math.isnan(record.batch_q_mean) and len(recs) > 1:
+            # shade the episodes before the first gradient step: Q(s0) is the untrained net's
+            self._marked = True
+            self.figure.add_vrect(x0=0, x1=recs[-2].step, fillcolor="grey", opacity=0.1,
+                                  line_width=0, annotation_text="before learning",
+                                  annotation_position="top left")
+        x = tuple(r.step for r in recs)
+        eps = tuple(r.episode for r in recs)
+        q = moving_average([r.q_initial for r in recs], self.smoothing)
+        ret = moving_average([r.discounted_return for r in recs], self.smoothing)
+        with self.figure.batch_update():
+            for i, y in ((iq, q), (ir, ret)):
+                tr = self.figure.data[i]
+                tr.x, tr.y, tr.customdata = x, tuple(y.tolist()), eps
+
+    def callback(self, name: str) -> Callable[[EpisodeRecord], None]:
+        """A function ``f(record)`` for ``train(..., callback=f)`` that plots under ``name``.
+
+        Use one name per training run: a second run under the same name continues the same
+        lines (its steps restart from 0).
+        """
+        def on_episode(record: EpisodeRecord) -> None:
+            self.add(name, record)
+        return on_episode
+
+    def bias(self, name: str) -> float:
+        """Mean of ``q_initial - discounted_return`` over the episodes after learning started.
+
+        Positive: the network overestimates the value of the initial state; negative: it
+        underestimates. Episodes before the first gradient step (``batch_q_mean`` NaN) are
+        left out; NaN if no episode qualifies.
+        """
+        diffs = [r.q_initial - r.discounted_return for r in self.records.get(name, [])
+                 if not math.isnan(r.batch_q_mean)]
+        return float(np.mean(diffs)) if diffs else float("nan")
+
+    def biases(self) -> dict[str, float]:
+        """:meth:`bias` of every algorithm recorded, in the order they were added."""
+        return {name: self.bias(name) for name in self.records}
+
+
+def _runs(value: Any) -> list[TrainResult]:
+    """TrainResults from a TrainResult, an EnvScore-like object (``.run``) or an iterable."""
+    if isinstance(value, TrainResult):
+        return [value]
+    if hasattr(value, "run") and isinstance(value.run, TrainResult):
+        return [value.run]
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        return [r for v in value for r in _runs(v)]
+    raise TypeError(f"expected TrainResult(s), got {type(value).__name__}")
+
+
+def learning_curves(results: Mapping[str, Any], *, env_id: str | None = None, window: int = 20,
+                    points: int = 200, title: str | None = None) -> go.Figure:
+    """Normalized training return against environment steps, one colour per algorithm.
+
+    ``results`` maps an algorithm name to its runs (one :class:`TrainResult`, a list of
+    them over seeds, or objects with a ``.run`` such as ``EnvScore``). Each run's episode
+    returns are normalized with ``get_spec(env_id).normalize`` (``env_id`` defaults to the
+    runs' environment), smoothed by a trailing mean over ``window`` episodes and
+    interpolated onto a common grid of ``points`` steps. The solid line is the mean over
+    runs; with two or more runs, a shaded band spans their min and max. A run only counts
+    over the steps it covered (a failed run stops early).
+    """
+    runs = {name: [r for r in _runs(v) if r.episodes] for name, v in results.items()}
+    if env_id is None:
+        envs = {r.env_id for rs in runs.values() for r in rs}
+        if len(envs) != 1:
+            raise ValueError(f"runs from {len(envs)} environments ({sorted(envs)}); pass env_id")
+        env_id = envs.pop()
+    spec = get_spec(env_id)
+    fig = go.Figure(layout=go.Layout(
+        title=title or f"Learning curves on {spec.env_id} (mean of {window} episodes)",
+        xaxis_title="environment steps", yaxis_title="normalized return",
+        yaxis_range=[-0.02, 1.02], template="plotly_white", height=420))
+    for k, (name, rs) in enumerate(runs.items()):
+        if not rs:
+            continue
+        color = PALETTE[k % len(PALETTE)]
+        first = min(r.episodes[0].step for r in rs)
+        last = max(r.episodes[-1].step for r in rs)
+        grid = np.linspace(first, last, points) if last > first else np.array([float(first)])
+        curves = []
+        for r in rs:
+            steps = np.array([e.step for e in r.episodes], dtype=float)
+            y = moving_average(spec.normalize(r.returns), window)
+            curves.append(np.interp(grid, steps, y, left=np.nan, right=np.nan))
+        curves = np.array(curves)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            mean, lo, hi = (f(curves, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax))
+        ok = ~np.isnan(mean)
+        grid, mean, lo, hi = grid[ok], mean[ok], lo[ok], hi[ok]
+        if len(rs) > 1:
+            fig.add_scatter(x=np.concatenate([grid, grid[::-1]]), y=np.concatenate([hi, lo[::-1]]),
+                            fill="toself", fillcolor=_rgba(color, 0.2), line=dict(width=0),
+                            mode="lines", name=f"{name} (min-max of {len(rs)} runs)",
+                            legendgroup=name, showlegend=False, hoverinfo="skip")
+        fig.add_scatter(x=grid, y=mean, mode="lines", line=dict(color=color, width=2.5),
+                        name=f"{name} ({len(rs)} run{'s' * (len(rs) > 1)})", legendgroup=name)
+    return fig
+
+
+def score_bars(table: Any, *, title: str | None = None) -> go.Figure:
+    """Mean normalized score per program and environment, with the std over rows as error bars.
+
+    ``table`` is a pandas DataFrame or a list of dicts with columns ``program``, ``env`` and
+    ``score`` (one row per seed). Bars are grouped by environment, one colour per program;
+    an error bar is the sample standard deviation (ddof=1, 0 for a single row).
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(table)
+    missing = {"program", "env", "score"} - set(df.columns)
+    if missing:
+        raise ValueError(f"table lacks the column(s) {sorted(missing)}")
+    stats = df.groupby(["program", "env"], sort=False)["score"].agg(["mean", "std", "count"])
+    stats["std"] = stats["std"].fillna(0.0)
+    envs = list(dict.fromkeys(df["env"]))
+    fig = go.Figure(layout=go.Layout(
+        title=title or "Normalized score (mean ± std over seeds)", barmode="group",
+        xaxis_title="environment", yaxis_title="normalized score", yaxis_range=[0, 1.05],
+        template="plotly_white", height=420))
+    for k, program in enumerate(dict.fromkeys(df["program"])):
+        s = stats.loc[program].reindex(envs)
+        fig.add_bar(x=envs, y=s["mean"].tolist(), name=str(program),
+                    marker_color=PALETTE[k % len(PALETTE)],
+                    error_y=dict(type="data", array=s["std"].tolist(), visible=True),
+                    customdata=s["count"].tolist(),
+                    hovertemplate="%{x}: %{y:.3f} ± %{error_y.array:.3f} (%{customdata} runs)")
+    return fig
