@@ -296,12 +296,15 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
         decay = min(decay, config.max_eps_decay_steps)
     result = TrainResult(spec.env_id, seed)
     start = time.perf_counter()
-    bar = None
+    bar, by_steps = None, True
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps_budget if episodes_budget is None else episodes_budget,
-                   desc=f"{getattr(loss, 'name', None) or 'loss'} on {spec.env_id}", leave=False)
+        # count whichever limit binds: steps when a step cap exists, else episodes
+        by_steps = episodes_budget is None or steps_budget < 10**12
+        bar = tqdm(total=steps_budget if by_steps else episodes_budget,
+                   unit="step" if by_steps else "episode", leave=False,
+                   desc=f"{getattr(loss, 'name', None) or 'loss'} on {spec.env_id}")
 
     with _threads(config.num_threads):
         q_net = QNetwork(obs_dim, n_actions, config.hidden, gen).to(config.device)
@@ -339,11 +342,11 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
                 result.episodes.append(record)
                 if callback is not None:
                     callback(record)
-                if bar is not None and episodes_budget is not None:
+                if bar is not None and not by_steps:
                     bar.update(1)
                 obs, _ = env.reset()
                 ep = _Episode(q_net, obs, config)
-            if bar is not None and episodes_budget is None:
+            if bar is not None and by_steps:
                 bar.update(1)
     env.close()
     if bar is not None:

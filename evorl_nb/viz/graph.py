@@ -99,8 +99,9 @@ def node_hover(program: Program, index: int) -> str:
 
 
 def _default_title(program: Program) -> str:
-    name = (program.name or "program").replace("_", r"\_")
-    return rf"$\mathtt{{{name}}}:\quad {program.equation(latex=True)}$"
+    # plain text: plotly titles only typeset LaTeX where MathJax is a page global, which
+    # JupyterLab 4 and static export here do not provide; program_widget shows the LaTeX
+    return f"{program.name or 'program'}:  {program.equation()}"
 
 
 def program_figure(program: Program, *, show_dead: bool = True, title: str | None = None):
@@ -112,8 +113,8 @@ def program_figure(program: Program, *, show_dead: bool = True, title: str | Non
     out with ``show_dead=False``. The output node has a thick black outline; edges on
     the gradient path (both ends live and carrying the gradient of ``q``) are
     red and thick. Arrows point left to right. The title defaults to the
-    program's name and its simplified equation in LaTeX (``$...$``, rendered
-    by MathJax). Every node marker's ``customdata`` is its graph index; every
+    program's name and its simplified equation as plain text (``program_widget``
+    shows it typeset). Every node marker's ``customdata`` is its graph index; every
     edge trace point's ``customdata`` is its ``[source, target]``.
     """
     import plotly.graph_objects as go

@@ -1,0 +1,181 @@
+"""Real-browser UI test: JupyterLab runs notebook 2 and its live Q-value plot renders.
+
+JupyterLab is served on localhost from a temporary copy of ``notebooks/`` and driven by
+Playwright with Debian's Chromium (``apt-get install chromium``; no browser download). The
+notebook runs with ``EVORL_BUDGET=ci`` so all cells finish in seconds. A full-page screenshot
+is saved to ``test-output/jupyterlab_notebook02.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = "02_training_and_overestimation.ipynb"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WIDGET_ERRORS = ("Error displaying widget", "Failed to load model class", "Error rendering output")
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def jupyter_server(tmp_path_factory):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Chromium not installed: apt-get install -y chromium")
+    pytest.importorskip("jupyterlab")
+    base = tmp_path_factory.mktemp("jupyterlab")
+    root = base / "notebooks"
+    shutil.copytree(REPO / "notebooks", root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    home = base / "home"
+    for d in ("home", "config", "data", "ipython"):
+        (base / d).mkdir()
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(
+        os.environ,
+        EVORL_BUDGET="ci",
+        HOME=str(home),
+        JUPYTER_CONFIG_DIR=str(base / "config"),
+        JUPYTER_DATA_DIR=str(base / "data"),  # the venv's kernelspec stays on sys.prefix
+        IPYTHONDIR=str(base / "ipython"),
+        JUPYTER_PLATFORM_DIRS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    log = open(base / "jupyter.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
+         "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+         "--ServerApp.port_retries=0"]
+        + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
+        env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"jupyter lab exited: {(base / 'jupyter.log').read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("jupyter lab did not answer within 60 s") from None
+                time.sleep(0.3)
+        yield url, token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+# JS predicate: every code cell has an execution count (none queued "[*]" or unrun "[ ]"),
+# or a cell raised (Run All then stops, leaving later cells unrun: fail fast, not on timeout).
+ALL_EXECUTED = """() => {
+  const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
+  const done = prompts.length > 0
+    && prompts.every(p => /^\\[\\d+\\]:?$/.test(p.textContent.trim()));
+  const raised = document.querySelector(
+    ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']") !== null;
+  return done || (raised && !prompts.some(p => p.textContent.includes('*')));
+}"""
+
+# JS: per plotly plot, the number of drawn line paths with a non-empty "d" attribute.
+DRAWN_LINES = """() => [...document.querySelectorAll('.js-plotly-plot')].map(plot => ({
+  lines: [...plot.querySelectorAll('.scatterlayer path.js-line')]
+           .filter(p => (p.getAttribute('d') || '').length > 1).length,
+  traces: plot.querySelectorAll('.scatterlayer .trace').length,
+}))"""
+
+
+def test_notebook02_runs_in_jupyterlab_and_plots(jupyter_server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, token = jupyter_server
+    out_dir = REPO / "test-output"
+    out_dir.mkdir(exist_ok=True)
+    screenshot = out_dir / "jupyterlab_notebook02.png"
+    with sync_api.sync_playwright() as pw:
+        with tempfile.TemporaryDirectory(prefix="chromium-profile-") as user_data:
+            context = pw.chromium.launch_persistent_context(
+                user_data, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+                viewport={"width": 1400, "height": 1000},
+            )
+            try:
+                page = context.pages[0] if context.pages else context.new_page()
+                page.goto(f"{url}/lab/tree/{NOTEBOOK}?token={token}", timeout=60_000)
+                page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
+                # Kernel started and idle (the toolbar's execution indicator); JupyterLab may
+                # first ask which kernel to start: accept its preselected python3.
+                idle = page.locator(
+                    ".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']"
+                )
+                accept = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept")
+                deadline = time.monotonic() + 60
+                while idle.count() == 0:
+                    if accept.count() and accept.first.is_visible():
+                        accept.first.click()
+                    assert time.monotonic() < deadline, "kernel not idle within 60 s"
+                    page.wait_for_timeout(250)
+                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+                try:
+                    page.wait_for_function(ALL_EXECUTED, timeout=180_000, polling=500)
+                    # Let the widget views draw the last updates.
+                    page.wait_for_function(
+                        f"() => ({DRAWN_LINES})().some(p => p.lines > 0)", timeout=30_000
+                    )
+                    page.wait_for_timeout(1000)
+                    plots = page.evaluate(DRAWN_LINES)
+                    text = page.locator("body").inner_text()
+                    errors = page.locator(
+                        ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']"
+                    ).all_inner_texts()
+                    # Show the live Q-value plot (the one with the most lines) in the shot.
+                    if plots:
+                        best = max(range(len(plots)), key=lambda i: plots[i]["lines"])
+                        page.locator(".js-plotly-plot").nth(best).scroll_into_view_if_needed()
+                        page.wait_for_timeout(500)
+                finally:
+                    page.screenshot(path=str(screenshot), full_page=True)
+            finally:
+                context.close()
+
+    assert screenshot.exists()
+    assert not errors, f"cells raised errors: {errors}"
+    for message in WIDGET_ERRORS:
+        assert message not in text, f"widget error in page: {message!r}"
+    assert plots, "no plotly plot rendered"
+    assert any(p["lines"] > 0 for p in plots), f"no plot drew lines with data: {plots}"
+    # The live QValueMonitor FigureWidget: Q(s0) and return lines for 4 algorithms.
+    assert max(p["lines"] for p in plots) >= 8, f"live Q-value plot incomplete: {plots}"
