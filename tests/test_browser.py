@@ -8,6 +8,7 @@ is saved to ``test-output/jupyterlab_notebook02.png``.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -57,6 +58,13 @@ def jupyter_server(tmp_path_factory):
     home = base / "home"
     for d in ("home", "config", "data", "ipython"):
         (base / d).mkdir()
+    # Start the notebook's kernel without asking, and no news pop-up over the page.
+    settings = base / "settings"
+    for plugin, value in {"notebook-extension/tracker": {"autoStartDefaultKernel": True},
+                          "apputils-extension/notification": {"fetchNews": "false"}}.items():
+        target = settings / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(value))
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(
         os.environ,
@@ -72,7 +80,7 @@ def jupyter_server(tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
          "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
-         "--ServerApp.port_retries=0"]
+         "--ServerApp.port_retries=0", f"--LabApp.user_settings_dir={settings}"]
         + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
         env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
     )
@@ -119,6 +127,39 @@ DRAWN_LINES = """() => [...document.querySelectorAll('.js-plotly-plot')].map(plo
 }))"""
 
 
+# JS: the code cells' prompts, e.g. ["[1]:", "[*]:", "[ ]:"].
+PROMPTS = """() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+  .map(p => p.textContent.trim())"""
+
+
+def run_all(page, timeout: float = 180.0) -> None:
+    """Run every cell and wait until all ran. JupyterLab may still ask which kernel to start
+    (accept its preselected one) or drop a Run All issued before the kernel was ready: so
+    re-issue Run All while no cell has started, and accept any dialog on the way."""
+    accept = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept")
+    idle = page.locator(
+        ".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']")
+    deadline, last_run, idle_since = time.monotonic() + timeout, -1e9, None
+    while not page.evaluate(ALL_EXECUTED):
+        assert time.monotonic() < deadline, f"cells not all run: {page.evaluate(PROMPTS)}"
+        if accept.count() and accept.first.is_visible():
+            accept.first.click()
+        if idle.count() == 0:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        started = any(p not in ("[ ]:", "[ ]") for p in page.evaluate(PROMPTS))
+        # Run All only once the kernel is idle and the widget manager had a moment to connect
+        # (output of a widget created earlier says "model not found")
+        ready = idle_since is not None and time.monotonic() - idle_since > 3
+        if ready and not started and time.monotonic() - last_run > 15:
+            page.keyboard.press("Escape")  # close any open menu first
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            last_run = time.monotonic()
+        page.wait_for_timeout(500)
+
+
 def test_notebook02_runs_in_jupyterlab_and_plots(jupyter_server):
     sync_api = pytest.importorskip("playwright.sync_api")
     url, token = jupyter_server
@@ -135,22 +176,8 @@ def test_notebook02_runs_in_jupyterlab_and_plots(jupyter_server):
                 page = context.pages[0] if context.pages else context.new_page()
                 page.goto(f"{url}/lab/tree/{NOTEBOOK}?token={token}", timeout=60_000)
                 page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
-                # Kernel started and idle (the toolbar's execution indicator); JupyterLab may
-                # first ask which kernel to start: accept its preselected python3.
-                idle = page.locator(
-                    ".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']"
-                )
-                accept = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept")
-                deadline = time.monotonic() + 60
-                while idle.count() == 0:
-                    if accept.count() and accept.first.is_visible():
-                        accept.first.click()
-                    assert time.monotonic() < deadline, "kernel not idle within 60 s"
-                    page.wait_for_timeout(250)
-                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+                run_all(page)
                 try:
-                    page.wait_for_function(ALL_EXECUTED, timeout=180_000, polling=500)
                     # Let the widget views draw the last updates.
                     page.wait_for_function(
                         f"() => ({DRAWN_LINES})().some(p => p.lines > 0)", timeout=30_000
