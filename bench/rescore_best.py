@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     args = ap.parse_args()
     data = load_run(store_path(args.run))
-    best = data.best(len(data.candidates)).drop_duplicates("fingerprint").head(args.top)
+    best = data.best(args.top, distinct=True)
     entries = [(f"run id {int(r.id)} (search fitness {r.fitness:.3f})", r.program)
                for r in best.itertuples()]
     entries += [(f"library {name}", library.get(name).to_json()) for name in args.reference]

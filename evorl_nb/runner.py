@@ -170,7 +170,7 @@ def summary(path: str | Path, k: int = 5) -> str:
              f"{rates['evaluated']} trained, duplicates {rates['duplicate']:.0%}, "
              f"below hurdle {rates['below_hurdle']:.0%}, failed {rates['failed']:.0%}",
              f"{'rank':>4} {'id':>6} {'fitness':>8} {'seen':>5}  equation (simplified)"]
-    best = data.best(len(df)).drop_duplicates("fingerprint").head(k)  # distinct losses
+    best = data.best(k, distinct=True)
     seen = df["fingerprint"].value_counts()
     for rank, (_, row) in enumerate(best.iterrows(), start=1):
         eq = Program.from_json(row["program"]).equation()

@@ -409,13 +409,16 @@ class RunData:
     meta: dict = field(default_factory=dict)
     """Run-level state set with :meth:`RunStore.set_meta` (e.g. ``{"finished": True}``)."""
 
-    def best(self, k: int = 10):
+    def best(self, k: int = 10, distinct: bool = False):
         """Top ``k`` candidates by fitness (ties: lower id first), leaving out failed ones
-        and ones without a fitness (NaN)."""
+        and ones without a fitness (NaN). ``distinct`` keeps one row per loss (fingerprint):
+        its best-ranked candidate."""
         df = self.candidates
         df = df[(df["status"] != "failed") & df["fitness"].notna()]
-        return df.sort_values(["fitness", "id"], ascending=[False, True],
-                              kind="mergesort").head(k)
+        df = df.sort_values(["fitness", "id"], ascending=[False, True], kind="mergesort")
+        if distinct:
+            df = df.drop_duplicates("fingerprint")
+        return df.head(k)
 
     def rates(self) -> dict:
         """Fractions of all candidates that were ``duplicate``, ``below_hurdle`` and

@@ -66,7 +66,7 @@ print(evorl_nb.runner.summary(RUN))
 # it computes (equivalent programs share a fingerprint, so each loss is listed once).
 
 # %%
-best = data.best(len(data.candidates)).drop_duplicates("fingerprint").head(5)
+best = data.best(5, distinct=True)
 top = pd.DataFrame([{
     "rank": rank, "id": int(row["id"]),
     "raw equation": Program.from_json(row["program"]).equation(simplify=False),

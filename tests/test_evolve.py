@@ -213,3 +213,15 @@ def test_ray_backend_end_to_end_with_worker_death(tmp_path):
         assert any(marker_dir.iterdir()), "a Ray worker really died and was retried"
     finally:
         ray.shutdown()
+
+
+def test_best_distinct_keeps_one_row_per_loss(tmp_path):
+    path = start(tmp_path / "r", small(), seed=0, evaluator=FakeEvaluator(), progress=False,
+                 verbose=False)
+    data = load_run(path)
+    every = data.best(len(data.candidates))
+    assert every.fingerprint.duplicated().any()  # a bootstrapped run repeats losses
+    distinct = data.best(5, distinct=True)
+    assert len(distinct) == 5 and not distinct.fingerprint.duplicated().any()
+    firsts = every.drop_duplicates("fingerprint").head(5)  # each loss's best-ranked row
+    assert list(distinct.id) == list(firsts.id)

@@ -162,7 +162,7 @@ def lineage_figure(run: Any, candidate_id: int) -> go.Figure:
 
 
 def _top_table(data: RunData, k: int = 5) -> str:
-    best = data.best(len(data.candidates)).drop_duplicates("fingerprint").head(k)
+    best = data.best(k, distinct=True)
     rows = "".join(f"<tr><td>{r}</td><td>{int(row['id'])}</td><td>{row['fitness']:.3f}</td>"
                    f"<td><code>{html.escape(_equation(row['program']))}</code></td></tr>"
                    for r, (_, row) in enumerate(best.iterrows(), start=1))
