@@ -250,14 +250,17 @@ def _loss_fn(loss: Any) -> Callable:
     return fn
 
 
+_NO_STEP_CAP = 10**12  # the step bound of a run limited by episodes alone
+
+
 def _budget(config: DQNConfig, spec: EnvSpec) -> tuple[int | None, int]:
     """(episode budget or None, step budget) for this env under this config."""
     if config.budget_episodes is not None or config.budget_steps is not None:
         episodes, steps = config.budget_episodes, config.budget_steps
     else:
         episodes, steps = spec.budget_episodes, spec.budget_steps
-    # an episode budget has no step bound of its own: bound it by the env's episode length
-    cap = steps if steps is not None else 10**12
+    # an episode budget has no step bound of its own
+    cap = steps if steps is not None else _NO_STEP_CAP
     if config.max_steps is not None:
         cap = min(cap, config.max_steps)
     return episodes, cap
@@ -301,7 +304,7 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
         from tqdm.auto import tqdm
 
         # count whichever limit binds: steps when a step cap exists, else episodes
-        by_steps = episodes_budget is None or steps_budget < 10**12
+        by_steps = episodes_budget is None or steps_budget < _NO_STEP_CAP
         bar = tqdm(total=steps_budget if by_steps else episodes_budget,
                    unit="step" if by_steps else "episode", leave=False,
                    desc=f"{getattr(loss, 'name', None) or 'loss'} on {spec.env_id}")

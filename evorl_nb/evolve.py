@@ -211,6 +211,7 @@ class Evolution:
         self.recorded = 0  # candidates told (recorded)
         self.outstanding = 0  # proposals asked but not yet told
         self.best: Member | None = None
+        self._from_run: list[Program] | None = None  # seed_run's programs, read on first use
 
     # --- state from a store --------------------------------------------------
 
@@ -304,7 +305,7 @@ class Evolution:
         return random_program(self.space, rng)
 
     def _seed_run_programs(self) -> list[Program]:
-        if getattr(self, "_from_run", None) is None:
+        if self._from_run is None:
             from evorl_nb.store import load_run
 
             best = load_run(self.config.seed_run).best(self.config.population)
