@@ -1,11 +1,14 @@
 """Where candidates are trained: in-process, local worker processes, or a Ray cluster.
 
-Every backend has the same small interface: ``free()`` slots, ``submit(key,
-evaluator, program, seed)``, ``wait(timeout)`` for finished ``(key,
-Outcome)`` pairs, and ``close()``. A worker that dies or runs past
-``timeout`` seconds has its candidate retried once on a fresh worker; a second
-failure comes back as an Outcome with status "failed" and the reason, and the
-search goes on. Only the driver process writes the run store.
+Every backend has the same small interface: ``free()`` slots, ``submit(keys,
+evaluator, programs, seed)`` of a batch of candidates (one task: a worker trains
+them together through the evaluator's ``batch`` method, the population trainer, or
+one by one if the evaluator has none), ``wait(timeout)`` for finished ``(key,
+Outcome)`` pairs, and ``close()``. A worker that dies or runs past ``timeout``
+seconds (per task) has its task retried on a fresh worker: a batch split into single
+candidates (so one bad candidate cannot sink the others), a single candidate once; a second failure
+comes back as an Outcome with status "failed" and the reason, and the search goes
+on. Only the driver process writes the run store.
 
 Local workers are spawned processes (not forked), so they start clean from a
 notebook kernel too; the evaluator and the program travel pickled (the program
@@ -31,26 +34,64 @@ __all__ = ["InProcessBackend", "LocalBackend", "RayBackend", "make_backend", "Ta
 
 @dataclass
 class Task:
-    """One candidate to train."""
+    """A batch of candidates trained together (often one)."""
 
-    key: str
+    keys: list[str]
     evaluator: Callable[[Program, int], Outcome]
-    program_json: str
+    programs_json: list[str]
     seed: int
     tries: int = 0
     started: float = field(default_factory=time.time)
 
+    def split(self) -> list[Task]:
+        """One task per candidate, each with its own two tries (a batch that broke does
+        not count against the candidates that were not to blame)."""
+        return [Task([k], self.evaluator, [p], self.seed)
+                for k, p in zip(self.keys, self.programs_json)]
 
-def _run_task(evaluator, program_json: str, seed: int) -> Outcome:
-    """Evaluate one program; an exception becomes a "failed" Outcome."""
+    def failed(self, why: str, worker: str | None) -> list[tuple[str, Outcome]]:
+        """Every candidate of the task recorded as failed."""
+        took = time.time() - self.started
+        return [(k, Outcome("failed", 0.0, {}, why, 0, took, worker)) for k in self.keys]
+
+
+def _crash(e: Exception, start: float) -> Outcome:
+    tb = traceback.format_exc(limit=3)
+    return Outcome("failed", 0.0, {}, f"evaluator raised {type(e).__name__}: {e}\n{tb}", 0,
+                   time.perf_counter() - start)
+
+
+def _run_task(evaluator, programs_json: list[str], seed: int) -> list[Outcome]:
+    """Evaluate a batch (through ``evaluator.batch`` when it has one and there are several
+    programs); an exception becomes "failed" Outcomes, never an exception."""
     start = time.perf_counter()
     try:
-        out = evaluator(Program.from_json(program_json), seed)
-    except Exception as e:  # the evaluator's bug must not kill the search
-        tb = traceback.format_exc(limit=3)
-        return Outcome("failed", 0.0, {}, f"evaluator raised {type(e).__name__}: {e}\n{tb}", 0,
-                       time.perf_counter() - start)
-    return out
+        programs = [Program.from_json(text) for text in programs_json]
+    except Exception as e:
+        return [_crash(e, start) for _ in programs_json]
+    if len(programs) > 1 and hasattr(evaluator, "batch"):
+        try:
+            outs = list(evaluator.batch(programs, seed))
+            if len(outs) != len(programs):
+                raise RuntimeError(f"batch returned {len(outs)} outcomes for {len(programs)}")
+            return outs
+        except Exception as e:  # the evaluator's bug must not kill the search
+            return [_crash(e, start) for _ in programs]
+    outs = []
+    for program in programs:
+        try:
+            outs.append(evaluator(program, seed))
+        except Exception as e:
+            outs.append(_crash(e, start))
+    return outs
+
+
+def _task(keys, evaluator, programs, seed) -> Task:
+    if isinstance(keys, str):  # one candidate: submit(key, evaluator, program, seed)
+        keys, programs = [keys], [programs]
+    if len(keys) != len(programs) or not keys:
+        raise ValueError(f"need one key per program, got {len(keys)} keys, {len(programs)} programs")
+    return Task(list(keys), evaluator, [p.to_json() for p in programs], seed)
 
 
 class InProcessBackend:
@@ -65,18 +106,18 @@ class InProcessBackend:
         """Slots free for new tasks."""
         return 0 if self._queue else 1
 
-    def submit(self, key: str, evaluator, program: Program, seed: int) -> None:
-        """Queue one candidate."""
-        self._queue.append(Task(key, evaluator, program.to_json(), seed))
+    def submit(self, keys: list[str], evaluator, programs: list[Program], seed: int) -> None:
+        """Queue one batch of candidates."""
+        self._queue.append(_task(keys, evaluator, programs, seed))
 
     def wait(self, timeout: float | None = None) -> list[tuple[str, Outcome]]:
-        """Train the queued candidate and return its outcome."""
+        """Train the queued batch and return its outcomes."""
         done = []
         while self._queue:
             t = self._queue.pop(0)
-            out = _run_task(t.evaluator, t.program_json, t.seed)
-            out.worker = out.worker or "main"
-            done.append((t.key, out))
+            for key, out in zip(t.keys, _run_task(t.evaluator, t.programs_json, t.seed)):
+                out.worker = out.worker or "main"
+                done.append((key, out))
         return done
 
     def close(self) -> None:
@@ -95,8 +136,8 @@ def _worker_main(conn) -> None:
             return
         if msg is None:
             return
-        key, evaluator, program_json, seed = msg
-        conn.send((key, _run_task(evaluator, program_json, seed)))
+        keys, evaluator, programs_json, seed = msg
+        conn.send((keys, _run_task(evaluator, programs_json, seed)))
 
 
 class _Worker:
@@ -138,16 +179,16 @@ class LocalBackend:
         """Slots free for new tasks (retries take slots first)."""
         return sum(w.task is None for w in self.workers) - len(self._retry)
 
-    def submit(self, key: str, evaluator, program: Program, seed: int) -> None:
-        """Send one candidate to a free worker."""
-        self._start(Task(key, evaluator, program.to_json(), seed))
+    def submit(self, keys: list[str], evaluator, programs: list[Program], seed: int) -> None:
+        """Send one batch of candidates to a free worker."""
+        self._start(_task(keys, evaluator, programs, seed))
 
     def _start(self, task: Task) -> None:
         w = next(w for w in self.workers if w.task is None)
         task.tries += 1
         task.started = time.time()
         w.task = task
-        w.conn.send((task.key, task.evaluator, task.program_json, task.seed))
+        w.conn.send((task.keys, task.evaluator, task.programs_json, task.seed))
 
     def _lost(self, w: _Worker, why: str) -> None:
         """A worker died or hung: replace it, and retry its task once."""
@@ -157,10 +198,9 @@ class LocalBackend:
         if task is None:
             return
         if task.tries < 2:
-            self._retry.append(task)
+            self._retry.extend(task.split() if len(task.keys) > 1 else [task])
         else:
-            self._done.append((task.key, Outcome("failed", 0.0, {}, f"{why} (twice)", 0,
-                                                 time.time() - task.started, f"local-{w.index}")))
+            self._done.extend(task.failed(f"{why} (twice)", f"local-{w.index}"))
 
     def wait(self, timeout: float | None = None) -> list[tuple[str, Outcome]]:
         """Block until at least one task finishes (or ``timeout``); return finished outcomes."""
@@ -178,12 +218,13 @@ class LocalBackend:
             for w in busy:
                 if w.conn in ready:
                     try:
-                        key, out = w.conn.recv()
+                        keys, outs = w.conn.recv()
                     except (EOFError, OSError):
                         self._lost(w, f"worker {w.index} died (exit code {w.proc.exitcode})")
                         continue
-                    out.worker = out.worker or f"local-{w.index}"
-                    self._done.append((key, out))
+                    for key, out in zip(keys, outs):
+                        out.worker = out.worker or f"local-{w.index}"
+                        self._done.append((key, out))
                     w.task = None
                 elif w.proc.sentinel in ready or not w.proc.is_alive():
                     self._lost(w, f"worker {w.index} died (exit code {w.proc.exitcode})")
@@ -232,22 +273,21 @@ class RayBackend:
         """Slots free for new tasks."""
         return self.n - len(self._running) - len(self._retry)
 
-    def submit(self, key: str, evaluator, program: Program, seed: int) -> None:
-        """Start one candidate as a Ray task."""
-        self._start(Task(key, evaluator, program.to_json(), seed))
+    def submit(self, keys: list[str], evaluator, programs: list[Program], seed: int) -> None:
+        """Start one batch of candidates as a Ray task."""
+        self._start(_task(keys, evaluator, programs, seed))
 
     def _start(self, task: Task) -> None:
         task.tries += 1
         task.started = time.time()
-        self._running[self._remote.remote(task.evaluator, task.program_json, task.seed)] = task
+        self._running[self._remote.remote(task.evaluator, task.programs_json, task.seed)] = task
 
     def _lost(self, ref, why: str) -> None:
         task = self._running.pop(ref)
         if task.tries < 2:
-            self._retry.append(task)
+            self._retry.extend(task.split() if len(task.keys) > 1 else [task])
         else:
-            self._done.append((task.key, Outcome("failed", 0.0, {}, f"{why} (twice)", 0,
-                                                 time.time() - task.started, "ray")))
+            self._done.extend(task.failed(f"{why} (twice)", "ray"))
 
     def wait(self, timeout: float | None = None) -> list[tuple[str, Outcome]]:
         """Block until at least one task finishes (or ``timeout``); return finished outcomes."""
@@ -261,12 +301,13 @@ class RayBackend:
             ready, _ = ray.wait(list(self._running), num_returns=1, timeout=1.0)
             for ref in ready:
                 try:
-                    out = ray.get(ref)
+                    outs = ray.get(ref)
                 except Exception as e:  # a dead worker surfaces here
                     self._lost(ref, f"ray worker died: {type(e).__name__}")
                     continue
-                out.worker = out.worker or "ray"
-                self._done.append((self._running.pop(ref).key, out))
+                for key, out in zip(self._running.pop(ref).keys, outs):
+                    out.worker = out.worker or "ray"
+                    self._done.append((key, out))
             if self.timeout is not None:
                 for ref, task in list(self._running.items()):
                     if time.time() - task.started > self.timeout:

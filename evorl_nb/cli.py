@@ -133,6 +133,10 @@ def _evolve(args) -> int:
         from evorl_nb.runner import store_path
 
         overrides["seed_run"] = str(store_path(args.seed_run))
+    if args.batch is not None:
+        if args.batch < 1:
+            raise SystemExit("evorl-nb evolve: --batch must be at least 1")
+        overrides["batch"] = args.batch
     config = get_preset(args.preset, **overrides)
     start(args.out, config, seed=args.seed, backend=args.backend, workers=args.workers,
           timeout=args.timeout, address=args.address, progress=not args.quiet)
@@ -186,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--out", required=True, help="run folder to create, e.g. runs/my-search")
     v.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
     v.add_argument("--candidates", type=int, default=None, help="override the candidate budget")
+    v.add_argument("--batch", type=int, default=None,
+                   help="candidates each worker trains together (population trainer); "
+                        "1 trains them one at a time (default: the preset's)")
     v.add_argument("--space", default=None, choices=["bootstrap", "scratch"],
                    help="override the search space")
     v.add_argument("--seed-run", default=None,

@@ -196,7 +196,8 @@ class EpisodeRecord:
     q_initial_taken: float
     """The online network's Q(s_0, a_0) for the first action taken."""
     batch_q_mean: float
-    """Mean Q(s_t, a_t) over the training batches of this episode (NaN before learning)."""
+    """Mean Q(s_t, a_t) over the training batches of this episode, each taken just before
+    its gradient step (NaN before learning)."""
     loss_mean: float
     """Mean loss over this episode's gradient steps (NaN before learning)."""
     epsilon: float
@@ -312,7 +313,7 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
     with _threads(config.num_threads):
         q_net = QNetwork(obs_dim, n_actions, config.hidden, gen).to(config.device)
         target = copy.deepcopy(q_net).requires_grad_(False)
-        optim = torch.optim.Adam(q_net.parameters(), lr=config.lr, foreach=True)
+        optim = torch.optim.Adam(q_net.parameters(), lr=config.lr, fused=True)
         replay = Replay(min(config.buffer_size, steps_budget), obs_dim, config.device)
         obs, _ = env.reset(seed=int(seeds[2] % 2**31))
         ep = _Episode(q_net, obs, config)
@@ -320,8 +321,9 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
                                                or len(result.episodes) < episodes_budget):
             eps = config.eps_end + (config.eps_start - config.eps_end) * max(
                 0.0, 1.0 - result.steps / decay)
-            if rng.random() < eps:
-                action = int(rng.integers(n_actions))
+            u, v = rng.random(2)  # explore?, and which random action (drawn either way)
+            if u < eps:
+                action = min(int(v * n_actions), n_actions - 1)
             else:
                 with torch.no_grad():
                     action = int(q_net(_as_batch(obs, config.device)).argmax(1))
@@ -365,6 +367,8 @@ def _as_batch(obs, device) -> torch.Tensor:
 def _update(loss_fn, takes_generator, replay, q_net, target, optim, gen, config, ep) -> str | None:
     """One gradient step; returns why training must stop, or None."""
     batch = replay.sample(config.batch_size, gen)
+    with torch.no_grad():  # the Q tracking: Q(s_t, a_t) of the batch before this step
+        q_taken = float(q_net(batch.obs).gather(1, batch.action.unsqueeze(1)).mean())
     try:
         if takes_generator:
             value = loss_fn(batch, q_net, target, config.gamma, generator=gen)
@@ -385,9 +389,7 @@ def _update(loss_fn, takes_generator, replay, q_net, target, optim, gen, config,
     if grads and not torch.isfinite(torch.stack(grads).sum()):  # one check for every gradient
         return "gradient is not finite"
     optim.step()
-    with torch.no_grad():
-        q_taken = q_net(batch.obs).gather(1, batch.action.unsqueeze(1)).mean()
-    ep.learned(loss_value, float(q_taken))
+    ep.learned(loss_value, q_taken)
     return None
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from evorl_nb.dqn import DQNConfig, EpisodeRecord, TrainResult, get_config, train
 from evorl_nb.envs import get_spec
 
-__all__ = ["evaluate", "EvalResult", "EnvScore", "HURDLE", "TRAINING_ENVS", "env_seed"]
+__all__ = ["evaluate", "evaluate_batch", "EvalResult", "EnvScore", "HURDLE", "TRAINING_ENVS", "env_seed"]
 
 HURDLE = ("CartPole-v0", 0.6)
 """The paper's hurdle: CartPole first, and stop if its normalized score is below 0.6."""
@@ -128,3 +128,50 @@ def evaluate(program: Any, envs: Sequence[str] = TRAINING_ENVS,
             break
     return EvalResult(scores, sum(s.score for s in scores.values()), passed, stopped,
                       sum(s.run.steps for s in scores.values()), time.perf_counter() - start)
+
+
+def evaluate_batch(programs: Sequence[Any], envs: Sequence[str] = TRAINING_ENVS,
+                   config: DQNConfig | str = "quick", *, seeds: Sequence[int] | int = 0,
+                   hurdle: tuple[str, float] | None = HURDLE, window: str = "all",
+                   progress: bool = False) -> list[EvalResult]:
+    """Eval(L, E) for many programs at once with the population trainer.
+
+    Each env trains every program still in play as one batch (the hurdle env first; the
+    programs below the hurdle stop there). ``seeds`` is one seed for all programs (as a
+    search uses) or one per program. The results are in program order and mean what
+    :func:`evaluate` returns; at one program they are its results.
+    """
+    from evorl_nb.population import train_population
+
+    if window not in ("all", "last50"):
+        raise ValueError(f"window must be 'all' or 'last50', got {window!r}")
+    config = get_config(config) if isinstance(config, str) else config
+    programs = list(programs)
+    seeds = [int(seeds)] * len(programs) if isinstance(seeds, (int, np.integer)) else list(seeds)
+    if len(seeds) != len(programs):
+        raise ValueError(f"need one seed per program: {len(programs)} programs, {len(seeds)} seeds")
+    order = _order(envs, hurdle[0] if hurdle else None)
+    start = time.perf_counter()
+    scores: list[dict[str, EnvScore]] = [{} for _ in programs]
+    passed: list[bool | None] = [None if hurdle is None else True for _ in programs]
+    stopped: list[str | None] = [None for _ in programs]
+    for k_env, env_id in enumerate(order):
+        spec = get_spec(env_id)
+        playing = [i for i in range(len(programs)) if passed[i] is not False]
+        if not playing:
+            break
+        runs = train_population([programs[i] for i in playing], env_id, config,
+                                seeds=[env_seed(seeds[i], env_id) for i in playing],
+                                progress=progress)
+        fs = config.failure_score
+        for i, run in zip(playing, runs):
+            s = EnvScore(env_id, run.score(spec, window, fs), run.score(spec, "all", fs),
+                         run.score(spec, "last50", fs), run)
+            scores[i][env_id] = s
+            if hurdle is not None and k_env == 0 and s.score < hurdle[1]:
+                passed[i] = False
+                stopped[i] = f"below the hurdle on {env_id}: {s.score:.3f} < {hurdle[1]}"
+    wall = time.perf_counter() - start
+    return [EvalResult(sc, sum(s.score for s in sc.values()), passed[i], stopped[i],
+                       sum(s.run.steps for s in sc.values()), wall)
+            for i, sc in enumerate(scores)]

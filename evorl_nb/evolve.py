@@ -63,6 +63,9 @@ class EvolutionConfig:
     """Score window: "all" episodes (the paper's) or "last50" (the authors' code)."""
     eval_seed: int = 0
     """Training seed of every candidate (one seed for all, so the cache is consistent)."""
+    batch: int = 8
+    """Candidates a worker trains together with the population trainer (1: one at a time
+    with dqn.train). Larger batches use the CPU far better; each batch is one task."""
 
     def to_dict(self) -> dict:
         """JSON-ready form (stored with a run)."""
@@ -76,6 +79,7 @@ class EvolutionConfig:
         if unknown:
             raise ValueError(f"unknown evolution config field(s) {sorted(unknown)}; known: {sorted(names)}")
         fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        fixed.setdefault("batch", 1)  # runs saved before batches trained one at a time
         return cls(**fixed)
 
     def search_space(self) -> SearchSpace:
@@ -97,7 +101,7 @@ _PRESETS = {
                              trainer={"preset": "quick", "max_steps": 15_000}),
     # seconds: the whole loop on the ci trainer
     "ci": EvolutionConfig(population=6, tournament=3, candidates=16, envs=("CartPole-v0",),
-                          hurdle=None, trainer="ci"),
+                          hurdle=None, trainer="ci", batch=4),
 }
 
 
@@ -162,10 +166,23 @@ class ProgramEvaluator:
 
         r = evaluate(program, self.envs, self.trainer_config(), seed=seed,
                      hurdle=tuple(self.hurdle) if self.hurdle else None, window=self.window)
-        status = "below_hurdle" if r.hurdle_passed is False else "trained"
-        reasons = "; ".join(f"{env}: {why}" for env, why in r.reasons.items())
-        return Outcome(status, r.fitness, {k: s.score for k, s in r.scores.items()},
-                       reasons or r.stopped, r.steps, r.wall_time)
+        return _outcome(r)
+
+    def batch(self, programs: list[Program], seed: int) -> list[Outcome]:
+        """Train several candidates together (population trainer), one Outcome each."""
+        from evorl_nb.evaluate import evaluate_batch
+
+        results = evaluate_batch(programs, self.envs, self.trainer_config(), seeds=seed,
+                                 hurdle=tuple(self.hurdle) if self.hurdle else None,
+                                 window=self.window)
+        return [_outcome(r) for r in results]
+
+
+def _outcome(r) -> Outcome:
+    status = "below_hurdle" if r.hurdle_passed is False else "trained"
+    reasons = "; ".join(f"{env}: {why}" for env, why in r.reasons.items())
+    return Outcome(status, r.fitness, {k: s.score for k, s in r.scores.items()},
+                   reasons or r.stopped, r.steps, r.wall_time)
 
 
 @dataclass

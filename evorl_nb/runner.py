@@ -127,23 +127,32 @@ def drive(store: RunStore, evo: Evolution, backend: str = "inprocess", *,
             if waiter.cached is not None:
                 settle(waiter, waiter.cached)
             else:  # its original failed to evaluate: train this one instead
-                be.submit(waiter.key, evaluator, waiter.program, evo.config.eval_seed)
+                be.submit([waiter.key], evaluator, [waiter.program], evo.config.eval_seed)
                 inflight[waiter.key] = waiter
         if bar is not None:
             bar.update(1)
             bar.set_postfix(stats.postfix(), refresh=False)
 
     try:
+        size = max(1, int(getattr(evo.config, "batch", 1)))
         while not evo.done:
             while be.free() > 0:
-                prop = evo.ask()
-                if prop is None:
+                batch, exhausted = [], False
+                while len(batch) < size:  # a batch of new candidates for one worker
+                    prop = evo.ask()
+                    if prop is None:
+                        exhausted = True
+                        break
+                    if prop.cached is not None:
+                        settle(prop, prop.cached)
+                    elif not evo.waiting_on(prop):
+                        batch.append(prop)
+                if batch:
+                    be.submit([p.key for p in batch], evaluator, [p.program for p in batch],
+                              evo.config.eval_seed)
+                    inflight.update((p.key, p) for p in batch)
+                if exhausted:
                     break
-                if prop.cached is not None:
-                    settle(prop, prop.cached)
-                elif not evo.waiting_on(prop):
-                    be.submit(prop.key, evaluator, prop.program, evo.config.eval_seed)
-                    inflight[prop.key] = prop
             if not inflight:  # nothing to wait for and nothing more to ask: the budget is spent
                 break
             for key, out in be.wait():

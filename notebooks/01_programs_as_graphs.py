@@ -16,7 +16,7 @@
 # %% tags=["parameters"]
 import os
 
-BUDGET = os.environ.get("EVORL_BUDGET", "quick")  # this notebook trains nothing
+BUDGET = os.environ.get("EVORL_BUDGET", "quick")  # the explorer's Evaluate preset; no cell trains
 SEED = 0
 
 # %% [markdown]
@@ -258,4 +258,35 @@ display(Math(r"\text{child: } " + child.equation(latex=True)))
 # %% [markdown]
 # Compare the two graphs: which input did the mutated node read before, and which now?
 # Evolution is this step repeated thousands of times, keeping the children that train
-# better agents. Next, notebook 02 trains DQN agents with these losses.
+# better agents.
+
+# %% [markdown]
+# ## The program explorer
+#
+# All of the above in one widget. Pick a loss in the drop-down to see its graph beside its
+# equation; **Mutate** draws a child and says what changed (the mutated node, the nodes that
+# joined or left the loss, the equation before and after, and whether the loss is still
+# functionally the same); **Back** returns to the parent. **Evaluate** trains a DQN agent with
+# the loss shown on the environment picked, at the `BUDGET` trainer preset, plotting every
+# episode live; it runs in the background, so the notebook stays usable (no cell here presses
+# it). Every mutation comes from one generator seeded by `SEED`: the same clicks give the same
+# children. `ProgramExplorer(run_folder)` adds the best programs of an evolution run.
+
+# %%
+from evorl_nb.viz import ProgramExplorer
+
+explorer = ProgramExplorer(seed=SEED, config=BUDGET)
+explorer
+
+# %% [markdown]
+# Each button is also a method (`select`, `mutate`, `back`, `evaluate`), so code can drive
+# the explorer; the widget above follows. Pick DQNReg and mutate it once:
+
+# %%
+explorer.select("dqn_reg")
+change = explorer.mutate()
+print(change.describe())
+print("parent:", change.parent.equation(), "| child:", change.child.equation())
+
+# %% [markdown]
+# Next, notebook 02 trains DQN agents with these losses.

@@ -1,4 +1,5 @@
-"""A fake evaluator for testing evolution logic without training agents.
+"""Test doubles: a fake evaluator for testing evolution logic without training agents,
+and a loss program that goes NaN.
 
 Its fitness is a deterministic function of the loss (the fingerprint), so
 equivalent programs score the same, as real training with one seed does. It can
@@ -13,6 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evorl_nb.evolve import Outcome
+from evorl_nb.program import ProgramBuilder
+
+
+def nan_program():
+    """A loss that is NaN from its first update: inf - inf, built from clipped exps squared.
+
+    (log(0 + 1e-12) * 0 is finite and 0 / (0 + 1e-10) is 0, so the guards leave no simpler
+    NaN.)
+    """
+    b = ProgramBuilder()
+    q_sa = b.SelectList(b.QValues(b.q, b.s_t), b.a_t)
+    zero = b.Subtract(b.r_t, b.r_t)
+    huge = b.Exp(b.Exp(b.Exp(b.Add(b.Abs(q_sa), b.Exp(b.Exp(b.Exp(b.Abs(b.r_t))))))))
+    inf = b.L2Norm(b.L2Norm(b.L2Norm(b.L2Norm(b.L2Norm(b.L2Norm(huge))))))
+    return b.build(b.Add(b.Subtract(inf, inf), zero), name="nan")
 
 
 def fake_fitness(program) -> float:

@@ -10,7 +10,7 @@ import pytest
 
 import evorl_nb
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(evorl_nb.__path__, "evorl_nb."))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(evorl_nb.__path__, "evorl_nb."))
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from fakes import nan_program
 
-from evorl_nb import ProgramBuilder, library
+from evorl_nb import library
 from evorl_nb.cli import main as cli_main
 from evorl_nb.dqn import QNetwork, Replay, _Episode, _update, get_config, train
 from evorl_nb.envs import get_spec
@@ -81,22 +82,12 @@ def test_same_seed_same_result_different_seed_different():
     assert list(a.returns) != list(c.returns)
 
 
-def _nan_program():
-    b = ProgramBuilder()
-    q_sa = b.SelectList(b.QValues(b.q, b.s_t), b.a_t)
-    zero = b.Subtract(b.r_t, b.r_t)
-    # log(0 + 1e-12) * 0 is finite; 0 / (0 + 1e-10) is 0; so build inf - inf instead
-    huge = b.Exp(b.Exp(b.Exp(b.Add(b.Abs(q_sa), b.Exp(b.Exp(b.Exp(b.Abs(b.r_t))))))))
-    inf = b.L2Norm(b.L2Norm(b.L2Norm(b.L2Norm(b.L2Norm(b.L2Norm(huge))))))
-    return b.build(b.Add(b.Subtract(inf, inf), zero), name="nan")
-
-
 def test_a_nan_loss_is_recorded_as_failed_not_raised():
-    result = train(_nan_program(), "CartPole-v1", CI, seed=0)
+    result = train(nan_program(), "CartPole-v1", CI, seed=0)
     assert result.failed and "loss is nan" in result.reason
     assert result.steps == CI.learning_starts  # stopped at the first update
     assert result.score() == CI.failure_score == 0.0
-    r = evaluate(_nan_program(), ["CartPole-v1"], CI, hurdle=None)
+    r = evaluate(nan_program(), ["CartPole-v1"], CI, hurdle=None)
     assert r.failed and r.fitness == 0.0 and "nan" in r.reasons["CartPole-v1"]
 
 

@@ -154,10 +154,13 @@ def test_resume_after_kill_9(tmp_path):
     assert len(recs) == 80 and len(set(proposals)) == 80  # nothing recorded twice
     assert proposals[:before] == recorded_before  # finished work kept as it was
     assert [r.id for r in recs] == list(range(1, 81))
-    # after the resume, parents come from the population rebuilt from the store
+    # after the resume, parents come from the population rebuilt from the store: proposal
+    # number n was asked with at least n - 4 candidates recorded (a batch of 4 in flight),
+    # so its parent is among the last 8 of those
     for r in recs[before:]:
         if r.parent_id is not None:
-            assert r.parent_id < r.id and r.parent_id >= r.id - 8 - 2
+            asked = int(r.proposal[1:])
+            assert r.parent_id < r.id and r.parent_id >= asked - 4 - 8 + 1
 
 
 DQN_FP = library.get("dqn").fingerprint()

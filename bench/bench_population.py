@@ -1,0 +1,296 @@
+"""Population trainer vs a CleanRL-style sequential DQN loop, timed in the same run.
+
+    .venv/bin/python bench/bench_population.py            # CartPole, 64-64, K up to 512
+    .venv/bin/python bench/bench_population.py --quick    # a smoke run (seconds)
+    .venv/bin/python bench/bench_population.py --paper-net  # also the 256-256 network
+
+What is timed (all on CartPole-v1, batch 32, one gradient step per env step, Adam):
+
+* ``sequential``: a plain single-agent DQN loop written here in the CleanRL style (the
+  same network, batch, update ratio; a hand-written TD loss, numpy replay, gymnasium env).
+  Whole machine = one such process per core, run at the same time.
+* ``population K``: :func:`evorl_nb.population.train_population` training K *distinct*
+  losses (DQN and mutants of it, as a bootstrapped search proposes them). Whole machine =
+  one process per core, each with K / cores agents and one torch thread, run at the same
+  time (and, for comparison, one process with as many torch threads as cores).
+* ``env only`` / ``update only``: the batched environment step alone, and one batched
+  update (sample, grouped losses, backward, Adam) alone.
+* ``--paper-net``: the 256-256 network, where the work is matmuls: the FLOP rate reached
+  against the machine's dense matmul rate measured here (torch.mm, 2048^2, all threads).
+
+Every figure is agent-steps (or env steps) per second of wall time, and the ratios are
+against the sequential baseline measured in the same run, because absolute timings on a
+shared machine are noisy. Results go to stdout and, with ``--json FILE``, to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+STEPS_LEARN = 100  # transitions before the first update: the timed phase is steady state
+
+
+def distinct_losses(k: int, seed: int = 0) -> list:
+    """DQN and distinct mutants of it (different fingerprints), as a search proposes them."""
+    from evorl_nb import library, search_space
+
+    rng = np.random.default_rng(seed)
+    space = search_space.get_space("bootstrap")
+    progs, seen = [library.get("dqn")], {library.get("dqn").fingerprint()}
+    while len(progs) < k:
+        parent = progs[int(rng.integers(len(progs)))]
+        child = search_space.mutate(parent, space, rng)
+        fp = child.fingerprint()
+        if fp not in seen:
+            seen.add(fp)
+            progs.append(child)
+    return progs[:k]
+
+
+# --- the baseline -------------------------------------------------------------------------
+
+
+def sequential_dqn(steps: int, hidden=(64, 64), seed: int = 0) -> float:
+    """A CleanRL-style DQN loop on CartPole-v1; returns agent-steps per second."""
+    import gymnasium as gym
+    import torch.nn as nn
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    env = gym.make("CartPole-v1")
+    obs, _ = env.reset(seed=seed)
+    sizes = [4, *hidden, 2]
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    q = nn.Sequential(*layers[:-1])
+    target = nn.Sequential(*[type(m)(m.in_features, m.out_features) if isinstance(m, nn.Linear)
+                             else nn.ReLU() for m in layers[:-1]])
+    target.load_state_dict(q.state_dict())
+    opt = torch.optim.Adam(q.parameters(), lr=1e-3)
+    cap = steps
+    b_obs = np.zeros((cap, 4), np.float32)
+    b_next = np.zeros((cap, 4), np.float32)
+    b_act = np.zeros(cap, np.int64)
+    b_rew = np.zeros(cap, np.float32)
+    b_done = np.zeros(cap, np.float32)
+    start = time.perf_counter()
+    for t in range(steps):
+        eps = max(0.05, 1.0 - t / 1000)
+        if rng.random() < eps:
+            action = int(rng.integers(2))
+        else:
+            with torch.no_grad():
+                action = int(q(torch.as_tensor(obs).unsqueeze(0)).argmax(1))
+        nxt, r, term, trunc, _ = env.step(action)
+        b_obs[t], b_next[t], b_act[t], b_rew[t], b_done[t] = obs, nxt, action, r, term
+        obs = nxt
+        if term or trunc:
+            obs, _ = env.reset()
+        if t >= STEPS_LEARN:
+            idx = rng.integers(0, t + 1, 32)
+            o, n = torch.from_numpy(b_obs[idx]), torch.from_numpy(b_next[idx])
+            a, rw, d = (torch.from_numpy(b_act[idx]), torch.from_numpy(b_rew[idx]),
+                        torch.from_numpy(b_done[idx]))
+            with torch.no_grad():
+                y = rw + 0.99 * target(n).max(1).values * (1 - d)
+            pred = q(o).gather(1, a.unsqueeze(1)).squeeze(1)
+            loss = ((pred - y) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if t % 100 == 0:
+                target.load_state_dict(q.state_dict())
+    return steps / (time.perf_counter() - start)
+
+
+# --- the population trainer ---------------------------------------------------------------
+
+
+def population(k: int, steps: int, hidden=(64, 64), threads: int = 1, seed: int = 0,
+               env_id: str = "CartPole-v1") -> float:
+    """train_population on k distinct losses for ``steps`` steps; agent-steps per second."""
+    from evorl_nb.dqn import get_config
+    from evorl_nb.population import train_population
+
+    progs = distinct_losses(k, seed)
+    # episodes never end a run here: a fixed number of steps per agent
+    cfg = get_config("quick", hidden=hidden, learning_starts=STEPS_LEARN, max_steps=steps,
+                     budget_steps=steps, num_threads=threads, eps_decay_steps=1000)
+    start = time.perf_counter()
+    runs = train_population(progs, env_id, cfg, seeds=list(range(seed, seed + k)))
+    took = time.perf_counter() - start
+    return sum(r.steps for r in runs) / took
+
+
+def env_only(k: int, steps: int, env_id: str = "CartPole-v1") -> float:
+    """Batched environment steps per second (random actions, auto-resets)."""
+    from evorl_nb.envs.vector import make_vector_env
+
+    env = make_vector_env(env_id, k)
+    env.reset(list(range(k)))
+    rng = np.random.default_rng(0)
+    acts = rng.integers(0, env.n_actions, (steps, k))
+    start = time.perf_counter()
+    for t in range(steps):
+        env.step(acts[t])
+    return k * steps / (time.perf_counter() - start)
+
+
+def update_only(k: int, updates: int, hidden=(64, 64), threads: int = 1) -> float:
+    """Batched updates per second times k (agent-updates/s): sample, losses, backward, Adam."""
+    from evorl_nb.dqn import get_config
+    from evorl_nb.population import LossPlan, StackedQ, _Agents, _Replay, _update
+
+    torch.set_num_threads(threads)
+    cfg = get_config("quick", hidden=hidden)
+    gens = [torch.Generator().manual_seed(i) for i in range(k)]
+    online = StackedQ.from_generators(4, 2, hidden, gens)
+    target = online.frozen_copy()
+    optim = torch.optim.Adam(online.parameters, lr=1e-3, fused=True)
+    plan = LossPlan(distinct_losses(k))
+    replay = _Replay(k, 4096, 4, np.float32, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    rows = np.arange(k)
+    for _ in range(2000):
+        o = rng.standard_normal((k, 4)).astype(np.float32)
+        replay.add(o, rng.integers(0, 2, k), np.ones(k), o, np.zeros(k, bool), rows)
+    book = _Agents(k, 0.99)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        _update(plan, replay, online, target, optim, gen, cfg, book, rows)
+    start = time.perf_counter()
+    for _ in range(updates):
+        _update(plan, replay, online, target, optim, gen, cfg, book, rows)
+    return k * updates / (time.perf_counter() - start)
+
+
+def matmul_rate(threads: int, n: int = 2048, reps: int = 10) -> float:
+    """Dense float32 matmul FLOP/s with ``threads`` torch threads."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def flops_per_agent_step(hidden, obs_dim=4, n_actions=2, batch=32, n_online=2, n_target=1):
+    """Matmul FLOPs of one agent-step: acting (1 row), the loss's forward passes (online on
+    n_online batches, target on n_target) and the backward of the online ones (2x)."""
+    sizes = [obs_dim, *hidden, n_actions]
+    macs = sum(a * b for a, b in zip(sizes, sizes[1:]))
+    rows = 1 + batch * (n_online * 3 + n_target)
+    return 2 * macs * rows
+
+
+# --- whole-machine runs: one process per core ---------------------------------------------------
+
+
+def warm_up() -> None:
+    """Pay the one-off costs (imports, first kernels, env registration) before timing."""
+    sequential_dqn(STEPS_LEARN + 20)
+    population(2, STEPS_LEARN + 20)
+
+
+def _in_process(fn, args, out):
+    torch.set_num_threads(1)
+    warm_up()
+    out.put(fn(*args))
+
+
+def parallel(fn, args_per_proc) -> float:
+    """Run fn(*args) in one spawned process per entry at the same time; sum of the rates."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_in_process, args=(fn, a, q)) for a in args_per_proc]
+    for p in procs:
+        p.start()
+    rates = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(rates)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    ap.add_argument("--ks", default="1,8,32,128,512", help="population sizes to time")
+    ap.add_argument("--steps", type=int, default=600, help="env steps per agent per timing")
+    ap.add_argument("--paper-net", action="store_true", help="also time the 256-256 network")
+    ap.add_argument("--json", help="write the results to this JSON file")
+    args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    ks = [int(k) for k in args.ks.split(",")]
+    steps = args.steps
+    if args.quick:
+        ks, steps = [1, 8, 32], 200
+    torch.set_num_threads(1)
+    warm_up()
+    res: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": cores,
+                             "torch": torch.__version__, "python": platform.python_version()},
+                 "steps": steps}
+    print(f"{cores} cores, torch {torch.__version__}; CartPole-v1, 64-64, batch 32, "
+          f"1 update/step, {steps} steps per agent\n")
+    base_steps = max(steps, 2000)  # long enough that the first 100 update-free steps vanish
+    base1 = sequential_dqn(base_steps)
+    base_all = parallel(sequential_dqn, [(base_steps, (64, 64), i) for i in range(cores)])
+    res["sequential"] = {"one_core": base1, "machine": base_all}
+    print(f"{'what':34} {'agent-steps/s':>14} {'x baseline':>11}")
+    print(f"{'sequential, 1 core':34} {base1:>14,.0f} {1.0:>11.2f}")
+    print(f"{f'sequential, {cores} procs (machine)':34} {base_all:>14,.0f} {1.0:>11.2f}")
+    res["population"] = {}
+    for k in ks:
+        one = population(k, steps)
+        row = {"one_core": one}
+        line = f"{f'population K={k}, 1 core':34} {one:>14,.0f} {one / base1:>11.2f}"
+        print(line)
+        if k >= cores:
+            machine = parallel(population, [(k // cores, steps, (64, 64), 1, 1000 * i)
+                                            for i in range(cores)])
+            threads = population(k, steps, threads=cores)
+            row.update(machine_procs=machine, machine_threads=threads)
+            print(f"{f'population K={k}, {cores} procs (machine)':34} {machine:>14,.0f} "
+                  f"{machine / base_all:>11.2f}")
+            print(f"{f'population K={k}, {cores} threads':34} {threads:>14,.0f} "
+                  f"{threads / base_all:>11.2f}")
+        res["population"][k] = row
+    print("\nparts (1 core)")
+    res["env_only"], res["update_only"] = {}, {}
+    for k in ks:
+        e = env_only(k, max(50, steps // 2))
+        u = update_only(k, max(20, steps // 10))
+        res["env_only"][k], res["update_only"][k] = e, u
+        print(f"  K={k:<5} env only {e:>12,.0f} env-steps/s   update only {u:>10,.0f} "
+              f"agent-updates/s")
+    if args.paper_net:
+        peak = matmul_rate(cores)
+        k = 32 if args.quick else 128
+        rate = population(k, max(150, steps // 3), hidden=(256, 256), threads=cores)
+        from evorl_nb.population import LossPlan
+
+        plan = LossPlan(distinct_losses(k))
+        n_online = sum(len(a) for c, a in plan.combo_agents.items() if c[0] == 0) / k
+        n_target = sum(len(a) for c, a in plan.combo_agents.items() if c[0] != 0) / k
+        flops = flops_per_agent_step((256, 256), n_online=n_online, n_target=n_target) * rate
+        res["paper_net"] = {"k": k, "agent_steps_per_s": rate, "flops": flops,
+                            "matmul_peak": peak, "utilization": flops / peak}
+        print(f"\n256-256, K={k}, {cores} threads: {rate:,.0f} agent-steps/s = "
+              f"{flops / 1e9:.1f} GFLOP/s of matmul; dense mm peak {peak / 1e9:.1f} GFLOP/s "
+              f"-> {flops / peak:.0%} utilization")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

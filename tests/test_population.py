@@ -1,0 +1,228 @@
+"""The population trainer: grouped loss evaluation equals each program's own loss, K=1
+reproduces dqn.train, agents stay independent, failures stay per agent."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from fakes import nan_program
+
+from evorl_nb import library, search_space
+from evorl_nb.dqn import QNetwork, get_config, train
+from evorl_nb.population import LossPlan, StackedQ, train_population
+
+
+def _programs(n: int, seed: int) -> list:
+    """Library losses plus random programs and mutants from both search spaces."""
+    rng = np.random.default_rng(seed)
+    progs = [library.get(name) for name in library.names()]
+    spaces = [search_space.get_space("scratch"), search_space.get_space("bootstrap")]
+    while len(progs) < n:
+        space = spaces[len(progs) % 2]
+        p = search_space.random_program(space, rng)
+        progs.append(search_space.mutate(p, space, rng) if rng.random() < 0.5 else p)
+    return progs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_losses_equal_each_programs_own_loss(seed):
+    progs = _programs(48, seed)
+    K, B, D, A = len(progs), 16, 4, 3
+    gens = [torch.Generator().manual_seed(100 * seed + k) for k in range(K)]
+    online = StackedQ.from_generators(D, A, (8,), gens)
+    gens_t = [torch.Generator().manual_seed(7 + 100 * seed + k) for k in range(K)]
+    target = StackedQ.from_generators(D, A, (8,), gens_t)
+    g = torch.Generator().manual_seed(seed)
+    obs, next_obs = torch.randn(K, B, D, generator=g), torch.randn(K, B, D, generator=g)
+    action = torch.randint(0, A, (K, B), generator=g)
+    reward = torch.randn(K, B, generator=g)
+    done = (torch.rand(K, B, generator=g) < 0.2).float()
+    plan = LossPlan(progs)
+    # random ops draw agent by agent, node by node: the reference below draws in that order
+    losses = plan.losses(obs, action, reward, next_obs, done, online, target, 0.99,
+                         torch.Generator().manual_seed(42))
+    ref_gen = torch.Generator().manual_seed(42)
+    assert losses.shape == (K,)
+    losses.sum().backward()
+    from evorl_nb.program import Batch
+
+    checked = 0
+    for k, p in enumerate(progs):
+        q_k = QNetwork(D, A, (8,), torch.Generator().manual_seed(100 * seed + k))
+        t_k = QNetwork(D, A, (8,), torch.Generator().manual_seed(7 + 100 * seed + k))
+        batch = Batch(obs[k], action[k], reward[k], next_obs[k], done[k])
+        want = p.loss(batch, q_k, t_k, 0.99, generator=ref_gen)
+        got = losses[k].detach()
+        if not torch.isfinite(want):
+            assert not torch.isfinite(got), (k, p.equation(simplify=False))
+            continue
+        assert torch.allclose(got, want.detach(), rtol=1e-4, atol=1e-5), (
+            k, float(got), float(want.detach()), p.equation(simplify=False))
+        if not want.requires_grad:
+            continue
+        want.backward()
+        for layer_i, layer in enumerate(q_k.layers):
+            gw = online.weights[layer_i].grad[k].t()
+            if not (torch.isfinite(gw).all() and torch.isfinite(layer.weight.grad).all()):
+                continue
+            scale = 1e-4 * (1 + layer.weight.grad.abs().max())
+            assert torch.allclose(gw, layer.weight.grad, rtol=1e-3, atol=float(scale)), k
+        checked += 1
+    assert checked >= K // 2  # most programs are finite and differentiable
+
+
+def test_plan_groups_ops_across_agents():
+    progs = [library.get("dqn")] * 64
+    plan = LossPlan(progs)
+    single = LossPlan(progs[:1])
+    assert plan.n_groups == single.n_groups  # 64 copies cost as many batched calls as one
+    assert plan.combos == [(0, 2), (3, 4)]  # online on s_t, target on s_{t+1}
+
+
+@pytest.mark.parametrize("name", ["dqn", "ddqn", "dqn_reg", "cql", "mdqn"])
+def test_k1_reproduces_the_single_agent_trainer(name):
+    cfg = get_config("ci")
+    single = train(library.get(name), "CartPole-v1", cfg, seed=5)
+    (batched,) = train_population([library.get(name)], "CartPole-v1", cfg, seeds=[5])
+    assert (batched.steps, batched.updates, batched.failed) == (single.steps, single.updates,
+                                                                 single.failed)
+    assert np.array_equal(batched.returns, single.returns)
+    for a, b in zip(single.episodes, batched.episodes):
+        assert (a.step, a.length, a.epsilon) == (b.step, b.length, b.epsilon)
+        assert math.isclose(a.q_initial, b.q_initial, rel_tol=1e-4, abs_tol=1e-5)
+        assert math.isclose(a.discounted_return, b.discounted_return, rel_tol=1e-12)
+        if not math.isnan(a.loss_mean):
+            assert math.isclose(a.loss_mean, b.loss_mean, rel_tol=1e-3, abs_tol=1e-5)
+            assert math.isclose(a.batch_q_mean, b.batch_q_mean, rel_tol=1e-3, abs_tol=1e-5)
+
+
+def test_k1_reproduces_the_single_agent_trainer_on_minigrid():
+    cfg = get_config("ci")
+    single = train(library.get("dqn"), "MiniGrid-DoorKey-5x5-v0", cfg, seed=2)
+    (batched,) = train_population([library.get("dqn")], "MiniGrid-DoorKey-5x5-v0", cfg,
+                                  seeds=[2])
+    assert batched.steps == single.steps == 400
+    assert np.array_equal(batched.returns, single.returns)
+    assert [e.length for e in batched.episodes] == [e.length for e in single.episodes]
+
+
+def test_an_agent_does_not_depend_on_its_companions():
+    """Swapping the other agents' losses leaves agent 0 and 2 unchanged: losses are summed
+    (each agent gets its own gradient) and nothing else is shared."""
+    cfg = get_config("ci")
+    a = train_population([library.get("dqn"), library.get("cql"), library.get("ddqn")],
+                         "CartPole-v1", cfg, seeds=[1, 2, 3], compact=False)
+    b = train_population([library.get("dqn"), library.get("mdqn"), library.get("ddqn")],
+                         "CartPole-v1", cfg, seeds=[1, 2, 3], compact=False)
+    for k in (0, 2):
+        assert np.array_equal(a[k].returns, b[k].returns)
+        qa = [e.q_initial for e in a[k].episodes]
+        qb = [e.q_initial for e in b[k].episodes]
+        assert np.allclose(qa, qb, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal([e.loss_mean for e in a[1].episodes[-3:]],
+                              [e.loss_mean for e in b[1].episodes[-3:]])
+
+
+def test_a_failing_agent_stops_alone_with_the_single_trainers_reason():
+    bad = nan_program()
+    cfg = get_config("ci")
+    single = train(bad, "CartPole-v1", cfg, seed=4)
+    assert single.failed, "the test program must fail under the single trainer too"
+    runs = train_population([library.get("dqn"), bad, library.get("dqn")], "CartPole-v1", cfg,
+                            seeds=[3, 4, 5], compact=False)
+    ref = train_population([library.get("dqn"), library.get("ddqn"), library.get("dqn")],
+                           "CartPole-v1", cfg, seeds=[3, 4, 5], compact=False)
+    assert runs[1].failed and runs[1].reason == single.reason
+    assert runs[1].steps == single.steps and runs[1].updates == single.updates
+    assert not runs[0].failed and not runs[2].failed
+    for k in (0, 2):
+        assert np.array_equal(runs[k].returns, ref[k].returns)
+        assert runs[k].steps == 400
+
+
+def test_episode_budgets_end_agents_separately_and_compaction_keeps_training():
+    cfg = get_config("ci", budget_episodes=6, max_steps=3000)
+    progs = [library.get("dqn"), nan_program(), library.get("ddqn"), library.get("dqn_reg")]
+    runs = train_population(progs, "CartPole-v1", cfg, seeds=[0, 1, 2, 3])
+    assert runs[1].failed
+    for k in (0, 2, 3):
+        r = runs[k]
+        assert not r.failed and len(r.episodes) == 6
+        assert r.steps == r.episodes[-1].step  # stopped right after its last episode
+        assert [e.episode for e in r.episodes] == list(range(6))
+    assert len({runs[k].steps for k in (0, 2, 3)}) > 1  # they did stop at different steps
+
+
+def test_callback_sees_every_episode_of_every_agent():
+    seen: dict[int, int] = {}
+    runs = train_population([library.get("dqn"), library.get("ddqn")], "CartPole-v1", "ci",
+                            seeds=[0, 1], callback=lambda k, rec: seen.__setitem__(k, seen.get(k, 0) + 1))
+    assert seen == {0: len(runs[0].episodes), 1: len(runs[1].episodes)}
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="one seed per program"):
+        train_population([library.get("dqn")], "CartPole-v1", "ci", seeds=[1, 2])
+    with pytest.raises(TypeError, match="Programs"):
+        train_population([lambda *a: 0], "CartPole-v1", "ci")
+    with pytest.raises(KeyError, match="unknown environment"):
+        train_population([library.get("dqn")], "NoSuchEnv-v9", "ci")
+    assert train_population([], "CartPole-v1", "ci") == []
+
+
+def test_scores_match_the_single_trainer_distribution_over_seeds():
+    """At K>1 each agent is a draw from the single trainer's distribution: compare the
+    all-episode scores of 6 DQN agents trained together with 6 trained alone."""
+    cfg = get_config("quick", max_steps=4000, learning_starts=500)
+    seeds = list(range(6))
+    alone = [train(library.get("dqn"), "CartPole-v1", cfg, seed=s).score() for s in seeds]
+    together = [r.score() for r in
+                train_population([library.get("dqn")] * 6, "CartPole-v1", cfg, seeds=seeds)]
+    assert together[0] == pytest.approx(alone[0], abs=0.02)  # agent 0 is the K=1 run's twin
+    diff = abs(np.mean(alone) - np.mean(together))
+    spread = np.sqrt(np.var(alone, ddof=1) / 6 + np.var(together, ddof=1) / 6)
+    assert diff < 4 * spread + 0.01, (alone, together)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_runs_on_cuda():
+    cfg = get_config("ci", device="cuda")
+    runs = train_population([library.get("dqn"), library.get("ddqn")], "CartPole-v1", cfg,
+                            seeds=[0, 1])
+    assert all(r.steps == 400 and not r.failed for r in runs)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v0", "Acrobot-v1", "MiniGrid-DoorKey-5x5-v0"])
+def test_batched_envs_train_exactly_like_gymnasium_envs(env_id):
+    progs = [library.get("dqn"), library.get("ddqn"), library.get("dqn_reg")]
+    fast = train_population(progs, env_id, "ci", seeds=[0, 1, 2])
+    plain = train_population(progs, env_id, "ci", seeds=[0, 1, 2], vectorized=False)
+    for a, b in zip(fast, plain):
+        assert np.array_equal(a.returns, b.returns)
+        assert [e.q_initial for e in a.episodes] == [e.q_initial for e in b.episodes]
+
+
+def test_evaluate_batch_is_evaluate_at_one_program_and_applies_the_hurdle():
+    from evorl_nb.evaluate import evaluate, evaluate_batch
+    from evorl_nb.evolve import ProgramEvaluator
+
+    envs = ["CartPole-v0", "Acrobot-v1"]
+    one = evaluate(library.get("dqn"), envs, "ci", seed=3, hurdle=None)
+    (same,) = evaluate_batch([library.get("dqn")], envs, "ci", seeds=3, hurdle=None)
+    assert same.fitness == pytest.approx(one.fitness, abs=1e-12)
+    assert same.steps == one.steps
+    # a hurdle no ci-budget agent passes: everyone stops after CartPole, scored there alone
+    rs = evaluate_batch([library.get("dqn"), library.get("ddqn")], envs, "ci", seeds=[1, 2],
+                        hurdle=("CartPole-v0", 0.99))
+    for r in rs:
+        assert r.hurdle_passed is False and list(r.scores) == ["CartPole-v0"]
+        assert r.fitness == r.scores["CartPole-v0"].score
+    ev = ProgramEvaluator(("CartPole-v0",), None, "ci")
+    (alone,) = ev.batch([library.get("dqn")], 0)
+    assert alone.fitness == pytest.approx(ev(library.get("dqn"), 0).fitness, abs=1e-12)
+    outs = ev.batch([library.get("dqn"), library.get("cql")], 0)
+    assert [o.status for o in outs] == ["trained", "trained"]
+    assert all(0 < o.fitness <= 1 and o.steps == 400 for o in outs)
