@@ -62,6 +62,9 @@ _ONLINE, _ACTION, _S_T, _S_TP1, _REWARD, _DISCOUNT = 0, 1, 2, 4, 5, 6
 _COMBO_ORDER = ((_ONLINE, _S_T), (_ONLINE, _S_TP1), (TARGET, _S_TP1), (TARGET, _S_T))
 
 _CLASS = {Type.R: "R", Type.LIST: "L", Type.P: "L", Type.Z: "Z", Type.S: "S"}
+# a bank holds values of one class, with "g" appended for values that carry a gradient
+# (Program.grad_nodes): gradient-free values (r_t, gamma, the target net's Q, the TD target
+# built from them) are computed without autograd and their reads cost nothing in backward
 
 
 def agent_seeds(seed: int) -> tuple[int, int, int]:
@@ -159,6 +162,16 @@ def _grouped(op_name: str, args: list[torch.Tensor], types: tuple[Type, ...]) ->
     return op.torch(*args)
 
 
+def _classes(p: Program) -> list[str]:
+    """The bank class of every node of ``p`` (inputs included)."""
+    grad = p.grad_nodes()
+    return [_CLASS.get(t, "-") + ("g" if g else "") for t, g in zip(p.types, grad)]
+
+
+def _combo_class(combo: tuple[int, int]) -> str:
+    return "Lg" if combo[0] == _ONLINE else "L"
+
+
 def _rows(idx: list[int]) -> slice | torch.Tensor:
     """Bank rows to read: a slice (a view, no copy) when they are consecutive."""
     if idx == list(range(idx[0], idx[0] + len(idx))):
@@ -209,8 +222,9 @@ class LossPlan:
         self.random_nodes: list[tuple[int, int, str]] = []  # (agent, node, op) in draw order
         levels: dict[int, dict[tuple, list[tuple[int, int]]]] = defaultdict(dict)
         level_of: list[dict[int, int]] = [dict() for _ in range(K)]
+        classes = [_classes(p) for p in self.programs]
         for k, p in enumerate(self.programs):
-            w, lv = where[k], level_of[k]
+            w, lv, cls_k = where[k], level_of[k], classes[k]
             w.update({_REWARD: ("R", reward0 + k), _DISCOUNT: ("R", discount0 + k),
                       _ACTION: ("Z", action0 + k), _S_T: ("S", obs0 + k),
                       _S_TP1: ("S", next0 + k)})
@@ -238,7 +252,7 @@ class LossPlan:
                     continue
                 lv[i] = 1 + max(lv[j] for j in n.inputs)
                 types = tuple(p.types[j] for j in n.inputs)
-                key = (n.op, types)
+                key = (n.op, types, tuple(cls_k[j] for j in n.inputs), cls_k[i])
                 levels[lv[i]].setdefault(key, []).append((k, i))
         # constants follow the random rows in the R bank; Q combos fill the L bank's level 0
         const0 = new_rows("R", len(self.constants))
@@ -249,8 +263,8 @@ class LossPlan:
                              for c in self.combos}
         """Agents making each call (a call made by every agent uses no subset)."""
         combo_row: dict[tuple[int, int], dict[int, int]] = {}
-        for c in self.combos:
-            start = new_rows("L", len(users[c]))
+        for c in self.combos:  # online values carry a gradient, the target net's do not
+            start = new_rows(_combo_class(c), len(users[c]))
             combo_row[c] = {k: start + j for j, k in enumerate(sorted(users[c]))}
         for k, p in enumerate(self.programs):
             w = where[k]
@@ -259,25 +273,26 @@ class LossPlan:
                     w[i] = ("R", const0 + (-1 - r))
             for i, n in enumerate(p.nodes, start=N_INPUTS):
                 if n.op == "QValues" and i in level_of[k]:
-                    w[i] = ("L", combo_row[(n.inputs[0], n.inputs[1])][k])
-        # levels >= 1: one group per (op, input types); rows appended in group order
+                    combo = (n.inputs[0], n.inputs[1])
+                    w[i] = (_combo_class(combo), combo_row[combo][k])
+        # levels >= 1: one group per (op, input types, banks read, bank written); rows are
+        # appended in group order
         self.levels: list[_Level] = []
         for depth in sorted(levels):
             level = _Level()
-            for (op_name, types), members in levels[depth].items():
-                op = OPS[op_name]
-                out_type = op.output_type(types)
+            for (op_name, types, in_cls, out_cls), members in levels[depth].items():
                 args = []
-                for m, t in enumerate(types):
+                for m, c in enumerate(in_cls):
                     idx = [where[k][self.programs[k].node(i).inputs[m]][1] for k, i in members]
-                    args.append((_CLASS[t], _rows(idx)))
-                out_cls = _CLASS[out_type]
+                    assert all(where[k][self.programs[k].node(i).inputs[m]][0] == c
+                               for k, i in members)
+                    args.append((c, _rows(idx)))
                 start = new_rows(out_cls, len(members))
                 for j, (k, i) in enumerate(members):
                     where[k][i] = (out_cls, start + j)
                 level.groups.append(_Group(op_name, types, out_cls, args, len(members)))
             self.levels.append(level)
-        # a Program's output is always an R node (Program validates it)
+        # a Program's output is always an R node with a gradient (Program validates it)
         self._out_rows = torch.tensor([where[k][p.output][1] for k, p in enumerate(self.programs)],
                                       dtype=torch.long)
         self._device = torch.device("cpu")
@@ -319,7 +334,7 @@ class LossPlan:
             # both states through the online net in one call
             both = online(torch.cat([obs, next_obs], 1))
             q_cache[(_ONLINE, _S_T)], q_cache[(_ONLINE, _S_TP1)] = both[:, :B], both[:, B:]
-        blocks = []
+        blocks: dict[str, list[torch.Tensor]] = defaultdict(list)
         for key in self.combos:
             if key not in q_cache:
                 net_slot, state_slot = key
@@ -332,7 +347,7 @@ class LossPlan:
                         q_cache[key] = net(x)
                 else:
                     q_cache[key] = net(x)
-            blocks.append(q_cache[key])
+            blocks[_combo_class(key)].append(q_cache[key])
         r_blocks = [reward, discount]
         if self.random_nodes:
             draws = []
@@ -345,17 +360,17 @@ class LossPlan:
                             .unsqueeze(1).expand(-1, B))
         banks: dict[str, torch.Tensor] = {"R": torch.cat(r_blocks), "Z": action,
                                           "S": torch.cat([obs, next_obs])}
-        if blocks:
-            banks["L"] = torch.cat(blocks)
+        banks.update((cls, torch.cat(parts)) for cls, parts in blocks.items())
         for level in self.levels:
             new: dict[str, list[torch.Tensor]] = defaultdict(list)
             for g in level.groups:
-                args = [banks[c][idx] if isinstance(idx, slice) else banks[c].index_select(0, idx)
-                        for c, idx in g.args]
-                new[g.out_class].append(_grouped(g.op, args, g.types))
+                with torch.set_grad_enabled(g.out_class.endswith("g")):
+                    args = [banks[c][idx] if isinstance(idx, slice)
+                            else banks[c].index_select(0, idx) for c, idx in g.args]
+                    new[g.out_class].append(_grouped(g.op, args, g.types))
             for cls, outs in new.items():
                 banks[cls] = torch.cat([banks[cls], *outs]) if cls in banks else torch.cat(outs)
-        return banks["R"].index_select(0, self._out_rows).mean(-1)
+        return banks["Rg"].index_select(0, self._out_rows).mean(-1)
 
     def subset(self, keep: Sequence[int]) -> LossPlan:
         """The plan of the programs at positions ``keep`` (agents dropped from a batch)."""
