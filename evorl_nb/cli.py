@@ -8,6 +8,7 @@
     evorl-nb evolve --preset quick --out runs/NAME [--backend local --workers 2]
     evorl-nb resume runs/NAME         continue a stopped or killed search
     evorl-nb show runs/NAME           top programs and duplicate / hurdle / failure rates
+    evorl-nb reproduce training --budget quick   a paper experiment into docs/results/reproduce
 """
 
 from __future__ import annotations
@@ -40,6 +41,52 @@ def load_program(spec: str) -> Program:
             raise ProgramError(f"{spec}: {e}") from None
     raise ProgramError(f"{spec!r} is neither a library program ({', '.join(library.names())}) "
                        "nor a program JSON file")
+
+
+def _reproduce(args) -> int:
+    from evorl_nb import reproduce
+    from evorl_nb.envs import AmbiguousEnvError, MissingDependencyError, UnknownEnvError
+
+    if args.experiment not in reproduce.EXPERIMENTS:
+        print(f"evorl-nb reproduce: unknown experiment {args.experiment!r}; known: "
+              f"{', '.join(reproduce.EXPERIMENTS)}", file=sys.stderr)
+        return 2
+    try:
+        folder = reproduce.run(args.experiment, args.budget, args.out, seeds=args.seeds,
+                               envs=tuple(args.envs) if args.envs else None,
+                               progress=not args.quiet, workers=args.workers)
+    except (UnknownEnvError, AmbiguousEnvError, MissingDependencyError) as e:
+        print(f"evorl-nb reproduce: {e}", file=sys.stderr)
+        return 2
+    data = reproduce.load(folder)
+    print(f"{args.experiment} ({args.budget}): {data['meta']['claim']}")
+    if "summary" in data:
+        print(f"{'algorithm':<12} {'env':<36} {'all episodes':>17} {'last 50':>17}")
+        for _, r in data["summary"].iterrows():
+            print(f"{r.algorithm:<12} {r.env:<36} {r.score_all:>7.3f} ± {r.ci95_all:<7.3f} "
+                  f"{r.score_last50:>7.3f} ± {r.ci95_last50:<7.3f}")
+    if args.experiment == "overestimation":
+        print("\nQ(s_0) - realized discounted return, second half of training:")
+        for _, r in reproduce.overestimation_bias(folder).iterrows():
+            print(f"{r.algorithm:<12} {r.env:<36} {r.bias:>+9.3f} ± {r.ci95:.3f}")
+    if "cases" in data:
+        print("\nfraction of transitions on the first branch (all / first 10% / second half):")
+        for _, r in reproduce.case_summary(folder).iterrows():
+            print(f"{r.env:<36} {r.op.lower()}[{r['first']}, {r['second']}]\n"
+                  f"{'':<36} {r.first_all:.3f} / {r.first_early:.3f} / {r.first_late:.3f}")
+    if "table" in data:
+        print(f"\n{'rank':>6} {'score':>6} {'proposed':>8}  simplified equation  [family]")
+        for _, r in data["table"].iterrows():
+            print(f"{r['rank']:>6} {r.score:>6.3f} {r.proposed:>8}  {r.simplified}  [{r.family}]")
+    if not args.no_figures:
+        try:
+            for path in reproduce.save_figures(folder):
+                print(f"figure: {path}")
+        except Exception as e:  # no Chromium or kaleido: the tables are still written
+            print(f"evorl-nb reproduce: figures not exported ({type(e).__name__}: {e})",
+                  file=sys.stderr)
+    print(f"files in {folder}")
+    return 0
 
 
 def _programs(_args) -> int:
@@ -204,6 +251,19 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--candidates", type=int, default=None, help="raise the candidate budget")
     _backend_args(r)
     r.set_defaults(func=_resume)
+    x = sub.add_parser("reproduce", help="run one of the paper's experiments at a budget")
+    x.add_argument("experiment", help="training, generalization, overestimation, "
+                                      "clipped_cases, search or scratch")
+    x.add_argument("--budget", default="ci", choices=["ci", "quick", "paper"],
+                   help="ci (seconds), quick (this machine), paper (the paper's budgets)")
+    x.add_argument("--out", default="docs/results/reproduce", help="results folder")
+    x.add_argument("--seeds", type=int, default=None, help="override the budget's seeds")
+    x.add_argument("--envs", nargs="+", default=None, help="override the experiment's envs")
+    x.add_argument("--workers", type=int, default=None,
+                   help="worker processes of a search (default: one per core)")
+    x.add_argument("--no-figures", action="store_true", help="skip the PNG export")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.set_defaults(func=_reproduce)
     w = sub.add_parser("show", help="top programs and rates of a run")
     w.add_argument("run", help="run folder (or its run.sqlite)")
     w.add_argument("--top", type=int, default=10, help="how many programs (default 10)")

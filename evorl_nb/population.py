@@ -41,12 +41,19 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from evorl_nb.dqn import DQNConfig, EpisodeRecord, QNetwork, TrainResult, _budget, _threads, get_config
+from evorl_nb.dqn import (
+    DQNConfig,
+    EpisodeRecord,
+    QNetwork,
+    TrainResult,
+    _budget,
+    _threads,
+    get_config,
+)
 from evorl_nb.envs import get_spec
 from evorl_nb.envs.vector import make_vector_env
 from evorl_nb.ops import OPS, Type, _bc
@@ -563,8 +570,9 @@ def _decode(raw: np.ndarray, divisor, device) -> torch.Tensor:
 def _shrink(online: StackedQ, target: StackedQ, optim, keep, config):
     """Keep learner rows ``keep``: networks, target and Adam state."""
     idx = torch.as_tensor(keep, dtype=torch.long, device=online.weights[0].device)
-    new_online = StackedQ([w.detach().index_select(0, idx).requires_grad_() for w in online.weights],
-                          [b.detach().index_select(0, idx).requires_grad_() for b in online.biases])
+    new_online = StackedQ(
+        [w.detach().index_select(0, idx).requires_grad_() for w in online.weights],
+        [b.detach().index_select(0, idx).requires_grad_() for b in online.biases])
     new_target = StackedQ([w.index_select(0, idx) for w in target.weights],
                           [b.index_select(0, idx) for b in target.biases])
     new_optim = torch.optim.Adam(new_online.parameters, lr=config.lr, fused=True)

@@ -169,12 +169,14 @@ class Program:
     # --- meaning ---------------------------------------------------------
 
     def evaluate(self, batch: Batch, q_net: Callable, target_net: Callable, gamma: float = 0.99,
-                 *, generator: torch.Generator | None = None) -> torch.Tensor:
+                 *, generator: torch.Generator | None = None,
+                 trace: list | None = None) -> torch.Tensor:
         """The per-transition loss, shape [B]; differentiable in ``q_net``'s parameters.
 
         ``q_net`` and ``target_net`` map observations [B, ...] to Q-values
         [B, A]; the target network is run without gradient. ``generator``
-        drives the Normal and Uniform ops.
+        drives the Normal and Uniform ops. A ``trace`` list receives every graph
+        index's value (None for dead nodes), e.g. to see which side of a max won.
         """
         reward = batch.reward
         discount = gamma * (1.0 - batch.done.to(reward.dtype))
@@ -195,6 +197,8 @@ class Program:
                              generator)
             memo[n] = out
             values.append(out)
+        if trace is not None:
+            trace.extend(values)
         return values[self.output]
 
     def loss(self, batch: Batch, q_net: Callable, target_net: Callable, gamma: float = 0.99,

@@ -38,6 +38,11 @@ def to_sympy(program: Program, *, guards: bool = True) -> sympy.Expr:
     With ``guards=True`` it is exact, epsilon guards included; with False,
     Div, Log and Exp read as plain x/y, log|x| and exp(x).
     """
+    return node_expressions(program, guards=guards)[program.output]
+
+
+def node_expressions(program: Program, *, guards: bool = True) -> list:
+    """The sympy expression of every graph index (inputs first; None for dead nodes)."""
     values = [S.Q, S.a_t, S.s_t, S.Q_targ, S.s_tp1, S.r_t, S.gamma]
     live = set(program.live())
     with S.guards(guards):
@@ -54,7 +59,7 @@ def to_sympy(program: Program, *, guards: bool = True) -> sympy.Expr:
                 values.append(op.sympy(*args, types=tuple(program.types[j] for j in n.inputs)))
             else:
                 values.append(op.sympy(*args))
-    return values[program.output]
+    return values
 
 
 def has_gradient(expr) -> bool:

@@ -158,8 +158,12 @@ def test_episode_budgets_end_agents_separately_and_compaction_keeps_training():
 
 def test_callback_sees_every_episode_of_every_agent():
     seen: dict[int, int] = {}
+
+    def count(k, _record):
+        seen[k] = seen.get(k, 0) + 1
+
     runs = train_population([library.get("dqn"), library.get("ddqn")], "CartPole-v1", "ci",
-                            seeds=[0, 1], callback=lambda k, rec: seen.__setitem__(k, seen.get(k, 0) + 1))
+                            seeds=[0, 1], callback=count)
     assert seen == {0: len(runs[0].episodes), 1: len(runs[1].episodes)}
 
 

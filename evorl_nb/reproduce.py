@@ -1,0 +1,583 @@
+"""The paper's experiments at a chosen budget: ``evorl-nb reproduce EXPERIMENT --budget B``.
+
+Each experiment trains the hand-designed and learned losses with the population trainer
+(every algorithm x seed of one environment is one batch) and writes small files to
+``OUT/EXPERIMENT/``:
+
+* ``runs.csv``: one row per (algorithm, env, seed): normalized scores over all episodes
+  (the paper's) and the last 50, failure, steps, episodes;
+* ``summary.csv``: per (algorithm, env): mean and 95% confidence interval (Student t over
+  seeds) of both scores;
+* ``episodes.csv``: the training episodes (return, normalized return, the online net's
+  max_a Q(s_0, a), the realized discounted return), at most :data:`EPISODE_ROWS` per run,
+  evenly spaced and always the last (a MiniGrid run has thousands): learning curves and
+  the Q-value overestimation study are drawn from it (:func:`figures`);
+* ``meta.json``: the command, budget, trainer settings, seeds, versions and wall time.
+
+The ``clipped_cases`` experiment also writes ``cases.csv`` (which side of each of
+DQNClipped's max ops won, per training-step bin; :class:`BranchTracker`), and the search
+experiments (``search``: bootstrapped from DQN; ``scratch``: from scratch) write the run
+store ``run/runs.sqlite``, ``table.csv`` (the slides' table: raw and simplified equation,
+score, rank, family) and ``convergence.csv`` instead of the training tables.
+:func:`save_figures` exports every figure as PNG (kaleido, through Chromium).
+
+Budgets: ``ci`` (seconds, for the test suite), ``quick`` (the ``quick`` trainer and
+evolution preset, 5 seeds: this machine's scale) and ``paper`` (the paper's trainer,
+evolution preset and budgets, 5 seeds).
+
+>>> sorted(EXPERIMENTS)
+['clipped_cases', 'generalization', 'overestimation', 'scratch', 'search', 'training']
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["EXPERIMENTS", "BUDGETS", "Experiment", "BranchTracker", "run", "load", "figures",
+           "save_figures", "overestimation_bias", "case_summary", "ci95"]
+
+ALGORITHMS = ("dqn", "ddqn", "dqn_reg", "dqn_clipped", "cql", "mdqn")
+"""The losses compared: the paper's four plus CQL and M-DQN (facts.md §4)."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One of the paper's experiments: which losses, on which envs."""
+
+    name: str
+    """Its name on the command line."""
+    algorithms: tuple[str, ...]
+    """Library losses trained."""
+    envs: tuple[str, ...]
+    """Environments, each trained as one batch of algorithms x seeds."""
+    claim: str
+    """The paper's claim it checks (facts.md §4)."""
+    kind: str = "train"
+    """"train" (the algorithms x seeds with the population trainer), "cases" (one agent at
+    a time with :class:`BranchTracker`) or "search" (an evolution run)."""
+    space: str = "bootstrap"
+    """A search's space: "bootstrap" (from the ``algorithms``) or "scratch"."""
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "training": Experiment(
+        "training", ALGORITHMS,
+        ("CartPole-v0", "MiniGrid-KeyCorridorS3R1-v0", "MiniGrid-Dynamic-Obstacles-6x6-v0",
+         "MiniGrid-DoorKey-5x5-v0"),
+        "On the training environments the learned losses (DQNReg, DQNClipped) match or "
+        "beat DQN and DDQN."),
+    "generalization": Experiment(
+        "generalization", ALGORITHMS,
+        ("Acrobot-v1", "MountainCar-v0", "LunarLander-v3", "MiniGrid-SimpleCrossingS9N1-v0",
+         "MiniGrid-DoorKey-6x6-v0", "MiniGrid-Unlock-v0", "MiniGrid-LavaGapS5-v0"),
+        "DQNReg generalizes to environments it was not evolved on, beating DQN and DDQN."),
+    "overestimation": Experiment(
+        "overestimation", ("dqn", "ddqn", "dqn_clipped", "dqn_reg"),
+        ("CartPole-v0", "MiniGrid-Dynamic-Obstacles-6x6-v0"),
+        "DQN overestimates Q-values; DDQN and DQNClipped underestimate, DQNReg underestimates "
+        "strongly."),
+    "clipped_cases": Experiment(
+        "clipped_cases", ("dqn_clipped",),
+        ("CartPole-v0", "MiniGrid-Dynamic-Obstacles-6x6-v0"),
+        "DQNClipped: the plain-TD case is active ~95% of the time; the Q-minimizing case is "
+        "more active early in training.", kind="cases"),
+    "search": Experiment(
+        "search", ("dqn",), ("CartPole-v0",),
+        "Top bootstrapped programs all have the form δ^2 + k*Q(s_t, a_t); terms with no "
+        "gradient path to the online network drop out when simplified.", kind="search"),
+    "scratch": Experiment(
+        "scratch", (), ("CartPole-v0",),
+        "From scratch with CartPole the search rediscovers the TD loss.", kind="search",
+        space="scratch"),
+}
+"""The experiments by name."""
+
+BUDGETS: dict[str, dict[str, Any]] = {
+    "ci": {"trainer": "ci", "seeds": 2, "evolution": "ci"},
+    "quick": {"trainer": "quick", "seeds": 5, "evolution": "quick"},
+    "paper": {"trainer": "paper", "seeds": 5, "evolution": "paper"},
+}
+"""Trainer preset, number of seeds and evolution preset (search experiments) per budget."""
+
+EPISODE_ROWS = 300
+"""At most this many episodes of one run are kept in ``episodes.csv`` (evenly spaced)."""
+
+
+def thin(n: int, limit: int = EPISODE_ROWS) -> np.ndarray:
+    """Indices of at most ``limit`` of ``n`` episodes, evenly spaced, first and last kept.
+
+    >>> thin(5, 3).tolist()
+    [0, 2, 4]
+    """
+    if n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+
+
+# two-sided 95% Student t quantiles by degrees of freedom (1.96 beyond 30)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def ci95(values) -> tuple[float, float]:
+    """(mean, half-width of the 95% confidence interval of the mean; NaN for one value)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    if len(x) == 1:
+        return float(x[0]), float("nan")
+    df = len(x) - 1
+    t = _T95.get(df) or next((v for k, v in sorted(_T95.items()) if k >= df), 1.96)
+    return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def run(experiment: str, budget: str = "ci", out: str | Path = "docs/results/reproduce", *,
+        seeds: int | None = None, envs: tuple[str, ...] | None = None,
+        progress: bool = True, workers: int | None = None) -> Path:
+    """Run one experiment at a budget; returns the folder its files were written to.
+
+    ``seeds`` and ``envs`` override the budget's; ``workers`` is the number of local
+    worker processes of a search (default: one per core; the ci budget searches in-process).
+    """
+    from evorl_nb.dqn import get_config
+    from evorl_nb.envs import get_spec
+
+    if experiment not in EXPERIMENTS:
+        raise KeyError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
+    if budget not in BUDGETS:
+        raise KeyError(f"unknown budget {budget!r}; known: {', '.join(BUDGETS)}")
+    exp = EXPERIMENTS[experiment]
+    for env_id in envs or ():
+        get_spec(env_id)  # an unknown env id fails here, before any training
+    n_seeds = seeds or BUDGETS[budget]["seeds"]
+    config = get_config(BUDGETS[budget]["trainer"])
+    env_ids = tuple(get_spec(e).env_id for e in (envs or exp.envs))
+    folder = Path(out) / experiment
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    meta: dict[str, Any] = {
+        "experiment": experiment, "claim": exp.claim, "budget": budget,
+        "command": f"evorl-nb reproduce {experiment} --budget {budget}"
+                   + (f" --seeds {seeds}" if seeds else "")
+                   + (f" --envs {' '.join(envs)}" if envs else ""),
+        "envs": list(env_ids), "algorithms": list(exp.algorithms)}
+    if exp.kind == "search":
+        meta.update(_search(exp, budget, folder, env_ids, progress, workers))
+    else:
+        meta.update({"seeds": n_seeds, "episode_rows_per_run": EPISODE_ROWS,
+                     "trainer": {k: (list(v) if isinstance(v, tuple) else v)
+                                 for k, v in config.__dict__.items()}})
+        _train(exp, config, env_ids, n_seeds, folder, progress)
+    import torch
+
+    meta.update({"wall_time_s": time.perf_counter() - start,
+                 "python": platform.python_version(), "torch": torch.__version__,
+                 "machine": platform.machine(), "cpus": os.cpu_count()})
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def _train(exp: Experiment, config, env_ids, n_seeds: int, folder: Path, progress: bool) -> None:
+    """Train the experiment's algorithms x seeds on each env; write runs, summary, episodes
+    (and, for the "cases" kind, cases.csv)."""
+    from evorl_nb import library
+    from evorl_nb.dqn import train
+    from evorl_nb.envs import get_spec
+    from evorl_nb.evaluate import env_seed
+    from evorl_nb.population import train_population
+
+    runs, episodes, cases = [], [], []
+    jobs = [(a, s) for a in exp.algorithms for s in range(n_seeds)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = len(env_ids) * (len(jobs) if exp.kind == "cases" else 1)
+        bar = tqdm(total=total, desc=f"{exp.name}", unit="run" if exp.kind == "cases" else "env")
+    for env_id in env_ids:
+        spec = get_spec(env_id)
+        seeds = [env_seed(s, spec.env_id) for _, s in jobs]
+        if exp.kind == "cases":  # one agent at a time, its loss wrapped to record the cases
+            results = []
+            for (alg, seed), train_seed in zip(jobs, seeds):
+                tracker = BranchTracker(library.get(alg))
+                results.append(train(tracker, spec.env_id, config, seed=train_seed))
+                cases += tracker.rows(config, alg=alg, env=spec.env_id, seed=seed)
+                if bar is not None:
+                    bar.update(1)
+        else:  # every algorithm x seed of this env as one batch
+            results = train_population([library.get(a) for a, _ in jobs], spec.env_id, config,
+                                       seeds=seeds)
+            if bar is not None:
+                bar.update(1)
+        for (alg, seed), r in zip(jobs, results):
+            fs = config.failure_score
+            runs.append({"algorithm": alg, "env": spec.env_id, "seed": seed,
+                         "score_all": r.score(spec, "all", fs),
+                         "score_last50": r.score(spec, "last50", fs),
+                         "failed": r.failed, "reason": r.reason or "", "steps": r.steps,
+                         "episodes": len(r.episodes)})
+            norm = spec.normalize(r.returns) if r.episodes else []
+            for i in thin(len(r.episodes)):
+                e, n = r.episodes[i], norm[i]
+                episodes.append({"algorithm": alg, "env": spec.env_id, "seed": seed,
+                                 "episode": e.episode, "step": e.step, "return": e.ret,
+                                 "normalized": float(n), "q_initial": e.q_initial,
+                                 "discounted_return": e.discounted_return})
+    if bar is not None:
+        bar.close()
+    summary = []
+    for alg in exp.algorithms:
+        for env_id in env_ids:
+            rows = [r for r in runs if r["algorithm"] == alg and r["env"] == env_id]
+            m_all, c_all = ci95([r["score_all"] for r in rows])
+            m_last, c_last = ci95([r["score_last50"] for r in rows])
+            summary.append({"algorithm": alg, "env": env_id, "seeds": len(rows),
+                            "score_all": m_all, "ci95_all": c_all,
+                            "score_last50": m_last, "ci95_last50": c_last,
+                            "failed": sum(r["failed"] for r in rows)})
+    _write_csv(folder / "runs.csv", runs)
+    _write_csv(folder / "summary.csv", summary)
+    _write_csv(folder / "episodes.csv", episodes)
+    if exp.kind == "cases":
+        _write_csv(folder / "cases.csv", cases)
+
+
+class BranchTracker:
+    """A program's loss that also records, at every update, which side of each live Max and
+    Min node won: the fraction of the batch's elements where the node took its first input.
+
+    Pass it to :func:`evorl_nb.dqn.train` as the loss; it trains exactly as the program does.
+
+    >>> from evorl_nb import library
+    >>> tracker = BranchTracker(library.get("dqn_clipped"))
+    >>> list(tracker.labels.values())  # max[Q, δ^2 + Y] + max[δ, γ*(max_a Q_targ)^2]
+    [('Q(s_t, a_t)', 'Y + δ^2'), ('δ', 'γ*max_a(Q_targ(s_{t+1}, a))^2')]
+    """
+
+    def __init__(self, program):
+        from evorl_nb.program import N_INPUTS
+
+        self.program = program
+        """The program whose loss is computed."""
+        self.name = program.name
+        """The program's name (the trainer's progress bar shows it)."""
+        self.nodes = [i for i in program.live()
+                      if i >= N_INPUTS and program.node(i).op in ("Max", "Min")]
+        """Graph indices of the live Max and Min nodes, in graph order."""
+        self.labels = {i: tuple(_sub_equation(program, j) for j in program.node(i).inputs)
+                       for i in self.nodes}
+        """Per tracked node: the equations of its two inputs."""
+        self.history: list[list[float]] = []
+        """Per update: per tracked node, the fraction of elements that took the first input."""
+
+    def loss(self, batch, q_net, target_net, gamma: float = 0.99, *, generator=None):
+        """The program's scalar loss; records the branch fractions of this batch."""
+        import torch
+
+        trace: list = []
+        value = self.program.evaluate(batch, q_net, target_net, gamma, generator=generator,
+                                      trace=trace).mean()
+        row = []
+        with torch.no_grad():
+            for i in self.nodes:
+                a, b = (trace[j] for j in self.program.node(i).inputs)
+                first = a >= b if self.program.node(i).op == "Max" else a <= b
+                row.append(float(torch.as_tensor(first).float().mean()))
+        self.history.append(row)
+        return value
+
+    def rows(self, config, **columns) -> list[dict]:
+        """The history in at most 50 bins of updates, one row per (bin, node): the bin's
+        last environment step and its mean fraction; ``columns`` are added to every row."""
+        out = []
+        h = np.asarray(self.history, dtype=float).reshape(len(self.history), len(self.nodes))
+        if not len(h):
+            return out
+        for chunk in np.array_split(np.arange(len(h)), min(50, len(h))):
+            step = config.learning_starts + int(chunk[-1]) * config.train_every
+            for k, i in enumerate(self.nodes):
+                first, second = self.labels[i]
+                out.append({**columns, "node": i, "op": self.program.node(i).op,
+                            "first": first, "second": second, "step": step,
+                            "updates": len(chunk), "fraction_first": float(h[chunk, k].mean())})
+        return out
+
+
+def _sub_equation(program, index: int) -> str:
+    """The sub-graph ending at ``index`` in the paper's notation (δ, Y: DQN's target)."""
+    from evorl_nb import symbols
+    from evorl_nb.symbolic import DQN_TARGET, node_expressions, notation
+
+    expr, _ = notation(node_expressions(program, guards=False)[index], DQN_TARGET)
+    return symbols.to_text(expr)
+
+
+def case_summary(folder: str | Path):
+    """Per (env, node): the fraction of elements that took each side of the max, over all of
+    training, over its first 10% and its second half (mean and 95% CI over seeds)."""
+    import pandas as pd
+
+    cases = pd.read_csv(Path(folder) / "cases.csv")
+    rows = []
+    for (env, node), g in cases.groupby(["env", "node"], sort=False):
+        row = {"env": env, "node": int(node), "op": g.op.iloc[0], "first": g["first"].iloc[0],
+               "second": g["second"].iloc[0]}
+        for part, pick in (("all", lambda s: s),
+                           ("early", lambda s: s[s.step <= s.step.min()
+                                                 + 0.1 * (s.step.max() - s.step.min())]),
+                           ("late", lambda s: s[s.step >= (s.step.min() + s.step.max()) / 2])):
+            per_seed = [float(np.average(p.fraction_first, weights=p.updates))
+                        for _, p in ((k, pick(v)) for k, v in g.groupby("seed")) if len(p)]
+            row[f"first_{part}"], row[f"ci95_{part}"] = ci95(per_seed)
+        row["seeds"] = g.seed.nunique()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _search(exp: Experiment, budget: str, folder: Path, env_ids, progress: bool,
+            workers: int | None) -> dict:
+    """Run the experiment's search into ``folder/run``; write table.csv and convergence.csv."""
+    import shutil
+
+    from evorl_nb import runner
+    from evorl_nb.evolve import get_preset
+    from evorl_nb.store import load_run
+
+    overrides: dict[str, Any] = {"space": exp.space, "envs": tuple(env_ids), "hurdle": None}
+    if exp.algorithms:
+        overrides["seed_programs"] = tuple(exp.algorithms)
+    config = get_preset(BUDGETS[budget]["evolution"], **overrides)
+    run_dir = folder / "run"
+    if run_dir.exists():  # a new search each time: the folder holds this command's results
+        shutil.rmtree(run_dir)
+    backend = "inprocess" if budget == "ci" else "local"
+    runner.start(run_dir, config, seed=0, backend=backend,
+                 workers=None if backend == "inprocess" else (workers or os.cpu_count()),
+                 progress=progress, verbose=False)
+    data = load_run(runner.store_path(run_dir))
+    _write_csv(folder / "table.csv", program_table(data))
+    df = data.candidates
+    fit = df["fitness"].where(df["status"] != "failed")
+    conv = [{"id": int(i), "status": st, "fitness": None if math.isnan(f) else float(f),
+             "best_so_far": None if math.isnan(b) else float(b)}
+            for i, st, f, b in zip(df["id"], df["status"], fit.astype(float),
+                                   fit.astype(float).cummax())]
+    _write_csv(folder / "convergence.csv", conv)
+    return {"evolution": config.to_dict(), "backend": backend,
+            "rates": data.rates(), "run": str(runner.store_path(run_dir).relative_to(folder))}
+
+
+def program_table(data, k: int = 10) -> list[dict]:
+    """The slides' table for a run: its ``k`` best distinct losses with raw and simplified
+    equation, score (fitness), rank among all candidates, times proposed, and family."""
+    from evorl_nb.program import Program
+
+    df = data.candidates
+    ok = df[(df["status"] != "failed") & df["fitness"].notna()]
+    order = ok.sort_values(["fitness", "id"], ascending=[False, True], kind="mergesort")
+    rank = {int(i): r for r, i in enumerate(order["id"], start=1)}
+    counts = df["fingerprint"].value_counts()
+    rows = []
+    for _, row in data.best(k, distinct=True).iterrows():
+        program = Program.from_json(row["program"])
+        rows.append({"rank": rank[int(row["id"])], "id": int(row["id"]),
+                     "score": float(row["fitness"]),
+                     "proposed": int(counts.get(row["fingerprint"], 1)),
+                     "raw": program.equation(simplify=False),
+                     "simplified": program.equation(), "family": family(program)})
+    return rows
+
+
+def family(program) -> str:
+    """Which family a loss belongs to: "δ^2" (the TD loss with DQN's target), "c*δ^2",
+    "δ^2 + k*Q" (the paper's learned family, k printed), each with "(other Y)" when its target
+    is not DQN's, or "other".
+
+    >>> from evorl_nb import library
+    >>> family(library.get("dqn")), family(library.get("dqn_reg"))
+    ('δ^2', 'δ^2 + 0.1*Q')
+    """
+    import sympy
+
+    from evorl_nb import library
+    from evorl_nb.symbolic import Q_SA, delta, notation, simplify, td_target
+
+    expr = simplify(program)
+    out, target = notation(expr)
+    if target is None:
+        return "other"
+    dqn_target = td_target(simplify(library.get("dqn")))
+    suffix = "" if sympy.simplify(target - dqn_target) == 0 else " (other Y)"
+    rest = sympy.expand(out - delta**2)
+    if rest == 0:
+        return "δ^2" + suffix
+    k = sympy.simplify(rest / Q_SA)
+    if k.is_number:
+        return f"δ^2 + {float(k):g}*Q" + suffix
+    c = sympy.simplify(out / delta**2)
+    if c.is_number:
+        return f"{float(c):g}*δ^2" + suffix
+    return "other"
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        if not rows:
+            return
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def load(folder: str | Path) -> dict:
+    """An experiment folder's tables as pandas DataFrames (those it has of runs, summary,
+    episodes, cases, table, convergence) and its meta."""
+    import pandas as pd
+
+    folder = Path(folder)
+    out: dict[str, Any] = {"meta": json.loads((folder / "meta.json").read_text())}
+    for name in ("runs", "summary", "episodes", "cases", "table", "convergence"):
+        path = folder / f"{name}.csv"
+        if path.exists() and path.stat().st_size:
+            out[name] = pd.read_csv(path)
+    return out
+
+
+def overestimation_bias(folder: str | Path):
+    """Per (algorithm, env): mean of Q(s_0) - realized discounted return over the second half
+    of training (after exploration and early learning), with a 95% CI over seeds."""
+    data = load(folder)
+    ep = data["episodes"]
+    rows = []
+    for (alg, env), g in ep.groupby(["algorithm", "env"], sort=False):
+        per_seed = []
+        for _, s in g.groupby("seed"):
+            late = s[s.step >= s.step.max() / 2]
+            per_seed.append(float((late.q_initial - late.discounted_return).mean()))
+        m, c = ci95(per_seed)
+        rows.append({"algorithm": alg, "env": env, "bias": m, "ci95": c, "seeds": len(per_seed)})
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def figures(folder: str | Path) -> dict:
+    """Plotly figures of an experiment folder: learning curves per env; Q(s_0) against the
+    realized discounted return (overestimation); the branch fractions over training
+    (clipped_cases); the search's fitness over candidates (search experiments)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    folder = Path(folder)
+    data = load(folder)
+    meta = data["meta"]
+    figs = {}
+    if "convergence" in data:
+        from evorl_nb.viz.evolution import fitness_figure
+
+        fig = fitness_figure(folder / meta["run"])
+        fig.update_layout(title=f"{meta['experiment']} search ({meta['budget']} budget): "
+                                "fitness of every candidate and the best so far")
+        figs["convergence"] = fig
+        return figs
+    ep = data.get("episodes")
+    envs = meta["envs"]  # an env where no episode finished keeps an empty panel
+    fig = make_subplots(rows=1, cols=max(1, len(envs)), subplot_titles=envs)
+    for j, env in enumerate(envs, start=1):
+        for i, alg in enumerate(meta["algorithms"]):
+            g = ep[(ep.env == env) & (ep.algorithm == alg)] if ep is not None else ()
+            if len(g) == 0:
+                continue
+            x, y = _mean_curve(g, "normalized")
+            fig.add_trace(go.Scatter(x=x, y=y, name=alg, legendgroup=alg, showlegend=j == 1,
+                                     line={"color": _PALETTE[i % len(_PALETTE)]}), row=1, col=j)
+    fig.update_layout(title=f"{meta['experiment']}: normalized return during training "
+                            f"({meta['budget']} budget, {meta['seeds']} seeds)",
+                      height=380, width=max(500, 330 * len(envs)))
+    fig.update_xaxes(title_text="environment steps")
+    figs["curves"] = fig
+    if meta["experiment"] == "overestimation" and ep is not None:
+        fig = make_subplots(rows=1, cols=len(envs), subplot_titles=envs)
+        for j, env in enumerate(envs, start=1):
+            for i, alg in enumerate(meta["algorithms"]):
+                g = ep[(ep.env == env) & (ep.algorithm == alg)]
+                if g.empty:
+                    continue
+                color = _PALETTE[i % len(_PALETTE)]
+                x, q = _mean_curve(g, "q_initial")
+                _, d = _mean_curve(g, "discounted_return")
+                fig.add_trace(go.Scatter(x=x, y=q, name=f"{alg}: Q(s_0)", legendgroup=alg,
+                                         showlegend=j == 1, line={"color": color}), row=1, col=j)
+                fig.add_trace(go.Scatter(x=x, y=d, name=f"{alg}: realized return",
+                                         legendgroup=alg, showlegend=j == 1,
+                                         line={"color": color, "dash": "dot"}), row=1, col=j)
+        fig.update_layout(title="estimated Q(s_0) (solid) vs realized discounted return (dotted)",
+                          height=400, width=max(500, 450 * len(envs)))
+        fig.update_xaxes(title_text="environment steps")
+        figs["overestimation"] = fig
+    if "cases" in data:
+        cases = data["cases"]
+        fig = make_subplots(rows=1, cols=len(envs), subplot_titles=envs)
+        nodes = list(dict.fromkeys(cases.node))
+        for j, env in enumerate(envs, start=1):
+            for i, node in enumerate(nodes):
+                g = cases[(cases.env == env) & (cases.node == node)]
+                if g.empty:
+                    continue
+                mean = g.groupby("step").fraction_first.mean()
+                label = f"{g.op.iloc[0].lower()}[A, B] takes A = {g['first'].iloc[0]}"
+                fig.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), name=label,
+                                         legendgroup=str(node), showlegend=j == 1,
+                                         line={"color": _PALETTE[i % len(_PALETTE)]}),
+                              row=1, col=j)
+        fig.update_layout(title="fraction of transitions on each max's first branch "
+                                f"(mean of {meta['seeds']} seeds)", height=420,
+                          width=max(500, 450 * len(envs)), legend={"orientation": "h", "y": -0.25})
+        fig.update_yaxes(range=[0, 1])
+        fig.update_xaxes(title_text="environment steps")
+        figs["cases"] = fig
+    return figs
+
+
+_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+
+
+def save_figures(folder: str | Path, scale: float = 1.5) -> list[Path]:
+    """Export the folder's figures as ``figures/NAME.png`` (plotly through kaleido, which
+    drives Chromium: Debian's ``chromium`` package will do). Returns the files written."""
+    folder = Path(folder)
+    out = folder / "figures"
+    out.mkdir(exist_ok=True)
+    written = []
+    for name, fig in figures(folder).items():
+        path = out / f"{name}.png"
+        fig.write_image(path, scale=scale)
+        written.append(path)
+    return written
+
+
+def _mean_curve(g, column: str, points: int = 50):
+    """Mean over seeds of ``column`` against environment steps, on a common step grid."""
+    top = g.step.max()
+    grid = np.linspace(0, top, points)
+    curves = []
+    for _, s in g.groupby("seed"):
+        s = s.sort_values("step")
+        curves.append(np.interp(grid, s.step.to_numpy(), s[column].to_numpy(),
+                                left=np.nan))
+    stacked = np.vstack(curves)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # grid points before any episode
+        return grid, np.nanmean(stacked, axis=0)
