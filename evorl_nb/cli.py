@@ -8,7 +8,7 @@
     evorl-nb evolve --preset quick --out runs/NAME [--backend local --workers 2]
     evorl-nb resume runs/NAME         continue a stopped or killed search
     evorl-nb show runs/NAME           top programs and duplicate / hurdle / failure rates
-    evorl-nb reproduce training --budget quick   a paper experiment into docs/results/reproduce
+    evorl-nb reproduce training --budget quick   a paper experiment, docs/results/reproduce/quick
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ def _reproduce(args) -> int:
     try:
         folder = reproduce.run(args.experiment, args.budget, args.out, seeds=args.seeds,
                                envs=tuple(args.envs) if args.envs else None,
+                               algorithms=tuple(args.algorithms) if args.algorithms else None,
                                progress=not args.quiet, workers=args.workers)
-    except (UnknownEnvError, AmbiguousEnvError, MissingDependencyError) as e:
-        print(f"evorl-nb reproduce: {e}", file=sys.stderr)
+    except (UnknownEnvError, AmbiguousEnvError, MissingDependencyError, KeyError) as e:
+        print(f"evorl-nb reproduce: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     data = reproduce.load(folder)
     print(f"{args.experiment} ({args.budget}): {data['meta']['claim']}")
@@ -254,11 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     x = sub.add_parser("reproduce", help="run one of the paper's experiments at a budget")
     x.add_argument("experiment", help="training, generalization, overestimation, "
                                       "clipped_cases, search or scratch")
-    x.add_argument("--budget", default="ci", choices=["ci", "quick", "paper"],
-                   help="ci (seconds), quick (this machine), paper (the paper's budgets)")
-    x.add_argument("--out", default="docs/results/reproduce", help="results folder")
+    x.add_argument("--budget", default="ci", choices=["ci", "quick", "long", "paper"],
+                   help="ci (seconds), quick (this machine), long (the quick network for the "
+                        "paper's step budgets), paper (the paper's settings)")
+    x.add_argument("--out", default=None,
+                   help="results folder (default docs/results/reproduce/BUDGET)")
     x.add_argument("--seeds", type=int, default=None, help="override the budget's seeds")
     x.add_argument("--envs", nargs="+", default=None, help="override the experiment's envs")
+    x.add_argument("--algorithms", nargs="+", default=None,
+                   help="override the experiment's losses (library names)")
     x.add_argument("--workers", type=int, default=None,
                    help="worker processes of a search (default: one per core)")
     x.add_argument("--no-figures", action="store_true", help="skip the PNG export")

@@ -2,7 +2,7 @@
 
 Each experiment trains the hand-designed and learned losses with the population trainer
 (every algorithm x seed of one environment is one batch) and writes small files to
-``OUT/EXPERIMENT/``:
+``OUT/EXPERIMENT/`` (by default ``docs/results/reproduce/BUDGET/EXPERIMENT/``):
 
 * ``runs.csv``: one row per (algorithm, env, seed): normalized scores over all episodes
   (the paper's) and the last 50, failure, steps, episodes;
@@ -22,8 +22,9 @@ score, rank, family) and ``convergence.csv`` instead of the training tables.
 :func:`save_figures` exports every figure as PNG (kaleido, through Chromium).
 
 Budgets: ``ci`` (seconds, for the test suite), ``quick`` (the ``quick`` trainer and
-evolution preset, 5 seeds: this machine's scale) and ``paper`` (the paper's trainer,
-evolution preset and budgets, 5 seeds).
+evolution preset, 5 seeds: this machine's scale), ``long`` (the quick network for the
+paper's step budgets and exploration schedule, 3 seeds) and ``paper`` (the paper's
+trainer, evolution preset and budgets, 5 seeds).
 
 >>> sorted(EXPERIMENTS)
 ['clipped_cases', 'generalization', 'overestimation', 'scratch', 'search', 'training']
@@ -38,14 +39,15 @@ import os
 import platform
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = ["EXPERIMENTS", "BUDGETS", "Experiment", "BranchTracker", "run", "load", "figures",
-           "save_figures", "overestimation_bias", "case_summary", "ci95"]
+           "save_figures", "overestimation_bias", "case_summary", "program_table", "family",
+           "trainer_config", "thin", "ci95"]
 
 ALGORITHMS = ("dqn", "ddqn", "dqn_reg", "dqn_clipped", "cql", "mdqn")
 """The losses compared: the paper's four plus CQL and M-DQN (facts.md §4)."""
@@ -106,9 +108,14 @@ EXPERIMENTS: dict[str, Experiment] = {
 BUDGETS: dict[str, dict[str, Any]] = {
     "ci": {"trainer": "ci", "seeds": 2, "evolution": "ci"},
     "quick": {"trainer": "quick", "seeds": 5, "evolution": "quick"},
+    # the quick network (64-64, lr 1e-3) for the paper's step budgets and exploration
+    # schedule: what the sparse MiniGrid claims need, at ~1/10 of the paper's compute
+    "long": {"trainer": {"preset": "quick", "max_steps": None, "max_eps_decay_steps": None},
+             "seeds": 3, "evolution": "quick"},
     "paper": {"trainer": "paper", "seeds": 5, "evolution": "paper"},
 }
-"""Trainer preset, number of seeds and evolution preset (search experiments) per budget."""
+"""Trainer preset (a name, or a dict of DQNConfig fields over a "preset"), number of seeds
+and evolution preset (search experiments) per budget."""
 
 EPISODE_ROWS = 300
 """At most this many episodes of one run are kept in ``episodes.csv`` (evenly spaced)."""
@@ -142,15 +149,21 @@ def ci95(values) -> tuple[float, float]:
     return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def run(experiment: str, budget: str = "ci", out: str | Path = "docs/results/reproduce", *,
-        seeds: int | None = None, envs: tuple[str, ...] | None = None,
-        progress: bool = True, workers: int | None = None) -> Path:
-    """Run one experiment at a budget; returns the folder its files were written to.
+RESULTS = Path("docs/results/reproduce")
+"""Where results go by default: ``RESULTS/BUDGET/EXPERIMENT/``."""
 
-    ``seeds`` and ``envs`` override the budget's; ``workers`` is the number of local
-    worker processes of a search (default: one per core; the ci budget searches in-process).
+
+def run(experiment: str, budget: str = "ci", out: str | Path | None = None, *,
+        seeds: int | None = None, envs: tuple[str, ...] | None = None,
+        algorithms: tuple[str, ...] | None = None, progress: bool = True,
+        workers: int | None = None) -> Path:
+    """Run one experiment at a budget; returns the folder its files were written to,
+    ``OUT/EXPERIMENT`` (``out`` defaults to ``RESULTS/BUDGET``).
+
+    ``seeds``, ``envs`` and ``algorithms`` (library names) override the budget's and the
+    experiment's; ``workers`` is the number of local worker processes of a search (default:
+    one per core; the ci budget searches in-process).
     """
-    from evorl_nb.dqn import get_config
     from evorl_nb.envs import get_spec
 
     if experiment not in EXPERIMENTS:
@@ -161,16 +174,25 @@ def run(experiment: str, budget: str = "ci", out: str | Path = "docs/results/rep
     for env_id in envs or ():
         get_spec(env_id)  # an unknown env id fails here, before any training
     n_seeds = seeds or BUDGETS[budget]["seeds"]
-    config = get_config(BUDGETS[budget]["trainer"])
+    config = trainer_config(budget)
+    if algorithms:
+        from evorl_nb import library
+
+        unknown = [a for a in algorithms if a not in library.names()]
+        if unknown:
+            raise KeyError(f"unknown algorithm(s) {', '.join(unknown)}; known: "
+                           f"{', '.join(library.names())}")
+        exp = replace(exp, algorithms=tuple(algorithms))
     env_ids = tuple(get_spec(e).env_id for e in (envs or exp.envs))
-    folder = Path(out) / experiment
+    folder = Path(out if out is not None else RESULTS / budget) / experiment
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     meta: dict[str, Any] = {
         "experiment": experiment, "claim": exp.claim, "budget": budget,
         "command": f"evorl-nb reproduce {experiment} --budget {budget}"
                    + (f" --seeds {seeds}" if seeds else "")
-                   + (f" --envs {' '.join(envs)}" if envs else ""),
+                   + (f" --envs {' '.join(envs)}" if envs else "")
+                   + (f" --algorithms {' '.join(algorithms)}" if algorithms else ""),
         "envs": list(env_ids), "algorithms": list(exp.algorithms)}
     if exp.kind == "search":
         meta.update(_search(exp, budget, folder, env_ids, progress, workers))
@@ -186,6 +208,17 @@ def run(experiment: str, budget: str = "ci", out: str | Path = "docs/results/rep
                  "machine": platform.machine(), "cpus": os.cpu_count()})
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
     return folder
+
+
+def trainer_config(budget: str):
+    """The :class:`~evorl_nb.dqn.DQNConfig` a budget trains with."""
+    from evorl_nb.dqn import get_config
+
+    trainer = BUDGETS[budget]["trainer"]
+    if isinstance(trainer, dict):
+        trainer = dict(trainer)
+        return get_config(trainer.pop("preset"), **trainer)
+    return get_config(trainer)
 
 
 def _train(exp: Experiment, config, env_ids, n_seeds: int, folder: Path, progress: bool) -> None:
@@ -210,7 +243,7 @@ def _train(exp: Experiment, config, env_ids, n_seeds: int, folder: Path, progres
         seeds = [env_seed(s, spec.env_id) for _, s in jobs]
         if exp.kind == "cases":  # one agent at a time, its loss wrapped to record the cases
             results = []
-            for (alg, seed), train_seed in zip(jobs, seeds):
+            for (alg, seed), train_seed in zip(jobs, seeds, strict=True):
                 tracker = BranchTracker(library.get(alg))
                 results.append(train(tracker, spec.env_id, config, seed=train_seed))
                 cases += tracker.rows(config, alg=alg, env=spec.env_id, seed=seed)
@@ -221,7 +254,7 @@ def _train(exp: Experiment, config, env_ids, n_seeds: int, folder: Path, progres
                                        seeds=seeds)
             if bar is not None:
                 bar.update(1)
-        for (alg, seed), r in zip(jobs, results):
+        for (alg, seed), r in zip(jobs, results, strict=True):
             fs = config.failure_score
             runs.append({"algorithm": alg, "env": spec.env_id, "seed": seed,
                          "score_all": r.score(spec, "all", fs),
@@ -373,7 +406,7 @@ def _search(exp: Experiment, budget: str, folder: Path, env_ids, progress: bool,
     conv = [{"id": int(i), "status": st, "fitness": None if math.isnan(f) else float(f),
              "best_so_far": None if math.isnan(b) else float(b)}
             for i, st, f, b in zip(df["id"], df["status"], fit.astype(float),
-                                   fit.astype(float).cummax())]
+                                   fit.astype(float).cummax(), strict=True)]
     _write_csv(folder / "convergence.csv", conv)
     return {"evolution": config.to_dict(), "backend": backend,
             "rates": data.rates(), "run": str(runner.store_path(run_dir).relative_to(folder))}
@@ -488,8 +521,9 @@ def figures(folder: str | Path) -> dict:
         from evorl_nb.viz.evolution import fitness_figure
 
         fig = fitness_figure(folder / meta["run"])
-        fig.update_layout(title=f"{meta['experiment']} search ({meta['budget']} budget): "
-                                "fitness of every candidate and the best so far")
+        what = "search from scratch" if meta["experiment"] == "scratch" else "bootstrapped search"
+        fig.update_layout(title=f"{what} ({meta['budget']} budget): fitness of every candidate "
+                                "and the best so far")
         figs["convergence"] = fig
         return figs
     ep = data.get("episodes")
@@ -537,7 +571,8 @@ def figures(folder: str | Path) -> dict:
                 if g.empty:
                     continue
                 mean = g.groupby("step").fraction_first.mean()
-                label = f"{g.op.iloc[0].lower()}[A, B] takes A = {g['first'].iloc[0]}"
+                first, second = g["first"].iloc[0], g["second"].iloc[0]
+                label = f"{g.op.iloc[0].lower()}[{first}, {second}] takes {first}"
                 fig.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), name=label,
                                          legendgroup=str(node), showlegend=j == 1,
                                          line={"color": _PALETTE[i % len(_PALETTE)]}),

@@ -30,19 +30,20 @@
 #
 # Every experiment writes small CSV files and a `meta.json` (the command, budget, seeds,
 # versions, wall time). This notebook **reads the committed results** in
-# `docs/results/reproduce/` when they were made at the budget you ask for, and runs the
-# experiment otherwise. `docs/REPRODUCTION.md` sets each result next to the paper's.
+# `docs/results/reproduce/BUDGET/` when they were made at the budget you ask for, and runs
+# the experiment otherwise. `docs/REPRODUCTION.md` sets each result next to the paper's.
 #
 # **Budget.** `ci` runs every experiment in seconds (the agents barely learn; that is the
 # notebook's own test), `quick` is this project's laptop scale (about an hour and a half for
-# all of them on 2 cores), `paper` the paper's settings (days on a laptop).
+# all of them on 2 cores), `long` trains the quick network for the paper's step budgets (hours
+# per MiniGrid environment), `paper` uses the paper's settings (days on a laptop).
 
 # %% tags=["parameters"]
 import os
 
-BUDGET = os.environ.get("EVORL_BUDGET", "quick")  # ci | quick | paper
+BUDGET = os.environ.get("EVORL_BUDGET", "quick")  # ci | quick | long | paper
 RERUN = False  # True: run every experiment again even where results at BUDGET exist
-OUT = None  # results folder; None: docs/results/reproduce (a temporary folder at ci)
+OUT = None  # results folder; None: docs/results/reproduce/BUDGET (a temporary folder at ci)
 
 # %%
 import tempfile
@@ -64,7 +65,7 @@ def _repo_root() -> Path:
 
 if OUT is None:
     OUT = (Path(tempfile.mkdtemp(prefix="evorl-reproduce-")) if BUDGET == "ci"
-           else _repo_root() / "docs" / "results" / "reproduce")
+           else _repo_root() / reproduce.RESULTS / BUDGET)
 OUT = Path(OUT)
 
 

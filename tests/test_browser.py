@@ -1,13 +1,15 @@
-"""Real-browser UI test: JupyterLab runs notebook 2 and its live Q-value plot renders.
+"""Real-browser UI tests: JupyterLab runs notebook 2 and its live Q-value plot renders;
+JupyterLab runs notebook 1 and the program explorer answers clicks on its buttons.
 
 JupyterLab is served on localhost from a temporary copy of ``notebooks/`` and driven by
 Playwright with Debian's Chromium (``apt-get install chromium``; no browser download). The
-notebook runs with ``EVORL_BUDGET=ci`` so all cells finish in seconds. A full-page screenshot
-is saved to ``test-output/jupyterlab_notebook02.png``.
+notebooks run with ``EVORL_BUDGET=ci`` so all cells finish in seconds. Full-page screenshots
+are saved to ``test-output/jupyterlab_notebook02.png`` and ``jupyterlab_explorer.png``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -160,12 +162,13 @@ def run_all(page, timeout: float = 180.0) -> None:
         page.wait_for_timeout(500)
 
 
-def test_notebook02_runs_in_jupyterlab_and_plots(jupyter_server):
+@contextlib.contextmanager
+def notebook_page(server, notebook: str, screenshot: Path):
+    """A Chromium page on ``notebook`` in JupyterLab with every cell run; a full-page
+    screenshot is saved when the block ends, whether it passed or not."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    url, token = jupyter_server
-    out_dir = REPO / "test-output"
-    out_dir.mkdir(exist_ok=True)
-    screenshot = out_dir / "jupyterlab_notebook02.png"
+    url, token = server
+    screenshot.parent.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as pw:
         with tempfile.TemporaryDirectory(prefix="chromium-profile-") as user_data:
             context = pw.chromium.launch_persistent_context(
@@ -174,29 +177,41 @@ def test_notebook02_runs_in_jupyterlab_and_plots(jupyter_server):
             )
             try:
                 page = context.pages[0] if context.pages else context.new_page()
-                page.goto(f"{url}/lab/tree/{NOTEBOOK}?token={token}", timeout=60_000)
+                # a workspace of its own: JupyterLab would otherwise restore the tabs an
+                # earlier test left open, and their unrun cells would be counted too
+                page.goto(f"{url}/lab/workspaces/{Path(notebook).stem}/tree/{notebook}"
+                          f"?token={token}", timeout=60_000)
                 page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
                 run_all(page)
                 try:
-                    # Let the widget views draw the last updates.
-                    page.wait_for_function(
-                        f"() => ({DRAWN_LINES})().some(p => p.lines > 0)", timeout=30_000
-                    )
-                    page.wait_for_timeout(1000)
-                    plots = page.evaluate(DRAWN_LINES)
-                    text = page.locator("body").inner_text()
-                    errors = page.locator(
-                        ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']"
-                    ).all_inner_texts()
-                    # Show the live Q-value plot (the one with the most lines) in the shot.
-                    if plots:
-                        best = max(range(len(plots)), key=lambda i: plots[i]["lines"])
-                        page.locator(".js-plotly-plot").nth(best).scroll_into_view_if_needed()
-                        page.wait_for_timeout(500)
+                    yield page
                 finally:
                     page.screenshot(path=str(screenshot), full_page=True)
             finally:
                 context.close()
+
+
+def page_errors(page) -> tuple[str, list[str]]:
+    """The page's text and the texts of the error outputs of its cells."""
+    return page.locator("body").inner_text(), page.locator(
+        ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']"
+    ).all_inner_texts()
+
+
+def test_notebook02_runs_in_jupyterlab_and_plots(jupyter_server):
+    screenshot = REPO / "test-output" / "jupyterlab_notebook02.png"
+    with notebook_page(jupyter_server, NOTEBOOK, screenshot) as page:
+        # Let the widget views draw the last updates.
+        page.wait_for_function(f"() => ({DRAWN_LINES})().some(p => p.lines > 0)",
+                               timeout=30_000)
+        page.wait_for_timeout(1000)
+        plots = page.evaluate(DRAWN_LINES)
+        text, errors = page_errors(page)
+        # Show the live Q-value plot (the one with the most lines) in the shot.
+        if plots:
+            best = max(range(len(plots)), key=lambda i: plots[i]["lines"])
+            page.locator(".js-plotly-plot").nth(best).scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
 
     assert screenshot.exists()
     assert not errors, f"cells raised errors: {errors}"
@@ -206,3 +221,51 @@ def test_notebook02_runs_in_jupyterlab_and_plots(jupyter_server):
     assert any(p["lines"] > 0 for p in plots), f"no plot drew lines with data: {plots}"
     # The live QValueMonitor FigureWidget: Q(s0) and return lines for 4 algorithms.
     assert max(p["lines"] for p in plots) >= 8, f"live Q-value plot incomplete: {plots}"
+
+
+# JS: the explorer's parts, read from the page (its history line, status line, curve lines).
+EXPLORER_STATE = """() => {
+  const html = [...document.querySelectorAll('.widget-html-content')].map(e => e.textContent);
+  return {
+    history: html.filter(t => t.startsWith('history:')).pop() || '',
+    status: html.filter(t => t.includes('normalized score') || t.includes('training')
+                             || t.includes('failed') || t.includes('error')).pop() || '',
+    lines: [...document.querySelectorAll('.js-plotly-plot')].map(plot =>
+      [...plot.querySelectorAll('.scatterlayer path.js-line')]
+        .filter(p => (p.getAttribute('d') || '').length > 1).length),
+  };
+}"""
+
+
+def test_notebook01_program_explorer_answers_clicks(jupyter_server):
+    screenshot = REPO / "test-output" / "jupyterlab_explorer.png"
+    with notebook_page(jupyter_server, "01_programs_as_graphs.ipynb", screenshot) as page:
+        def wait(predicate: str, timeout: float = 30_000) -> None:
+            page.wait_for_function(
+                f"() => {{ const s = ({EXPLORER_STATE})(); return {predicate}; }}",
+                timeout=timeout)
+
+        def button(name: str):
+            return page.locator("button.widget-button", has_text=name).first
+
+        button("Mutate").scroll_into_view_if_needed()
+        wait("s.history.includes('→')")  # the notebook mutated DQNReg once
+        before = page.evaluate(EXPLORER_STATE)
+        button("Mutate").click()
+        wait(f"s.history.split('→').length === {before['history'].count('→') + 2}")
+        after_mutate = page.evaluate(EXPLORER_STATE)
+        button("Back").click()
+        wait(f"s.history === {json.dumps(before['history'])}")
+        button("Evaluate").click()
+        wait("s.status.includes('normalized score')", timeout=60_000)
+        page.wait_for_timeout(1000)
+        evaluated = page.evaluate(EXPLORER_STATE)
+        text, errors = page_errors(page)
+        button("Evaluate").scroll_into_view_if_needed()
+
+    assert not errors, f"cells raised errors: {errors}"
+    for message in WIDGET_ERRORS:
+        assert message not in text, f"widget error in page: {message!r}"
+    assert after_mutate["history"].count("→") == before["history"].count("→") + 1
+    # the evaluation plotted its episodes live: more drawn lines than before it ran
+    assert sum(evaluated["lines"]) > sum(before["lines"]), (before, evaluated)

@@ -161,3 +161,18 @@ def test_cli_reproduce_prints_the_table_and_rejects_unknown_names(tmp_path, caps
     assert cli_main(["reproduce", "training", "--envs", "NoSuchEnv-v9", "--out",
                      str(tmp_path), "--quiet"]) == 2
     assert "NoSuchEnv-v9" in capsys.readouterr().err
+
+
+def test_overrides_and_the_long_budget(tmp_path):
+    folder = reproduce.run("overestimation", "ci", tmp_path, seeds=1, envs=("CartPole-v0",),
+                           algorithms=("dqn", "dqn_reg"), progress=False)
+    data = reproduce.load(folder)
+    assert sorted(set(data["runs"].algorithm)) == ["dqn", "dqn_reg"] and len(data["runs"]) == 2
+    assert data["meta"]["command"].endswith(
+        "--seeds 1 --envs CartPole-v0 --algorithms dqn dqn_reg")
+    with pytest.raises(KeyError, match="unknown algorithm"):
+        reproduce.run("training", "ci", tmp_path, algorithms=("nope",), progress=False)
+    long = reproduce.trainer_config("long")
+    assert long.max_steps is None and long.max_eps_decay_steps is None
+    assert long.hidden == reproduce.trainer_config("quick").hidden
+    assert reproduce.trainer_config("paper").hidden == (256, 256)
