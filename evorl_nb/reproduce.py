@@ -195,7 +195,10 @@ def run(experiment: str, budget: str = "ci", out: str | Path | None = None, *,
                    + (f" --algorithms {' '.join(algorithms)}" if algorithms else ""),
         "envs": list(env_ids), "algorithms": list(exp.algorithms)}
     if exp.kind == "search":
-        meta.update(_search(exp, budget, folder, env_ids, progress, workers))
+        # the paper budget searches on the paper's envs with its hurdle, unless told otherwise
+        search_envs = None if budget == "paper" and not envs else env_ids
+        meta.update(_search(exp, budget, folder, search_envs, progress, workers))
+        meta["envs"] = list(meta["evolution"]["envs"])
     else:
         meta.update({"seeds": n_seeds, "episode_rows_per_run": EPISODE_ROWS,
                      "trainer": {k: (list(v) if isinstance(v, tuple) else v)
@@ -381,14 +384,17 @@ def case_summary(folder: str | Path):
 
 def _search(exp: Experiment, budget: str, folder: Path, env_ids, progress: bool,
             workers: int | None) -> dict:
-    """Run the experiment's search into ``folder/run``; write table.csv and convergence.csv."""
+    """Run the experiment's search into ``folder/run``; write table.csv and convergence.csv.
+    ``env_ids`` None keeps the evolution preset's envs and hurdle."""
     import shutil
 
     from evorl_nb import runner
     from evorl_nb.evolve import get_preset
     from evorl_nb.store import load_run
 
-    overrides: dict[str, Any] = {"space": exp.space, "envs": tuple(env_ids), "hurdle": None}
+    overrides: dict[str, Any] = {"space": exp.space}
+    if env_ids is not None:
+        overrides.update(envs=tuple(env_ids), hurdle=None)
     if exp.algorithms:
         overrides["seed_programs"] = tuple(exp.algorithms)
     config = get_preset(BUDGETS[budget]["evolution"], **overrides)
@@ -528,7 +534,8 @@ def figures(folder: str | Path) -> dict:
         return figs
     ep = data.get("episodes")
     envs = meta["envs"]  # an env where no episode finished keeps an empty panel
-    fig = make_subplots(rows=1, cols=max(1, len(envs)), subplot_titles=envs)
+    rows, cols = _grid(envs)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=envs)
     for j, env in enumerate(envs, start=1):
         for i, alg in enumerate(meta["algorithms"]):
             g = ep[(ep.env == env) & (ep.algorithm == alg)] if ep is not None else ()
@@ -536,14 +543,27 @@ def figures(folder: str | Path) -> dict:
                 continue
             x, y = _mean_curve(g, "normalized")
             fig.add_trace(go.Scatter(x=x, y=y, name=alg, legendgroup=alg, showlegend=j == 1,
-                                     line={"color": _PALETTE[i % len(_PALETTE)]}), row=1, col=j)
+                                     line={"color": _PALETTE[i % len(_PALETTE)]}), row=(j - 1) // cols + 1, col=(j - 1) % cols + 1)
     fig.update_layout(title=f"{meta['experiment']}: normalized return during training "
                             f"({meta['budget']} budget, {meta['seeds']} seeds)",
-                      height=380, width=max(500, 330 * len(envs)))
+                      height=60 + 320 * rows, width=max(500, 330 * cols))
     fig.update_xaxes(title_text="environment steps")
     figs["curves"] = fig
+    if "summary" in data:
+        summary = data["summary"]
+        fig = go.Figure()
+        for i, alg in enumerate(meta["algorithms"]):
+            g = summary[summary.algorithm == alg].set_index("env").reindex(envs)
+            fig.add_trace(go.Bar(x=envs, y=g.score_all, name=alg,
+                                 marker_color=_PALETTE[i % len(_PALETTE)],
+                                 error_y={"type": "data", "array": g.ci95_all.fillna(0)}))
+        fig.update_layout(barmode="group", height=400, width=max(600, 170 * len(envs)),
+                          title=f"{meta['experiment']}: normalized score over all training "
+                                f"episodes, mean and 95% CI of {meta['seeds']} seeds",
+                          yaxis_title="normalized score", yaxis_range=[0, 1.05])
+        figs["scores"] = fig
     if meta["experiment"] == "overestimation" and ep is not None:
-        fig = make_subplots(rows=1, cols=len(envs), subplot_titles=envs)
+        fig = make_subplots(rows=rows, cols=cols, subplot_titles=envs)
         for j, env in enumerate(envs, start=1):
             for i, alg in enumerate(meta["algorithms"]):
                 g = ep[(ep.env == env) & (ep.algorithm == alg)]
@@ -553,17 +573,17 @@ def figures(folder: str | Path) -> dict:
                 x, q = _mean_curve(g, "q_initial")
                 _, d = _mean_curve(g, "discounted_return")
                 fig.add_trace(go.Scatter(x=x, y=q, name=f"{alg}: Q(s_0)", legendgroup=alg,
-                                         showlegend=j == 1, line={"color": color}), row=1, col=j)
+                                         showlegend=j == 1, line={"color": color}), row=(j - 1) // cols + 1, col=(j - 1) % cols + 1)
                 fig.add_trace(go.Scatter(x=x, y=d, name=f"{alg}: realized return",
                                          legendgroup=alg, showlegend=j == 1,
-                                         line={"color": color, "dash": "dot"}), row=1, col=j)
+                                         line={"color": color, "dash": "dot"}), row=(j - 1) // cols + 1, col=(j - 1) % cols + 1)
         fig.update_layout(title="estimated Q(s_0) (solid) vs realized discounted return (dotted)",
-                          height=400, width=max(500, 450 * len(envs)))
+                          height=80 + 320 * rows, width=max(500, 450 * cols))
         fig.update_xaxes(title_text="environment steps")
         figs["overestimation"] = fig
     if "cases" in data:
         cases = data["cases"]
-        fig = make_subplots(rows=1, cols=len(envs), subplot_titles=envs)
+        fig = make_subplots(rows=rows, cols=cols, subplot_titles=envs)
         nodes = list(dict.fromkeys(cases.node))
         for j, env in enumerate(envs, start=1):
             for i, node in enumerate(nodes):
@@ -576,14 +596,20 @@ def figures(folder: str | Path) -> dict:
                 fig.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), name=label,
                                          legendgroup=str(node), showlegend=j == 1,
                                          line={"color": _PALETTE[i % len(_PALETTE)]}),
-                              row=1, col=j)
+                              row=(j - 1) // cols + 1, col=(j - 1) % cols + 1)
         fig.update_layout(title="fraction of transitions on each max's first branch "
-                                f"(mean of {meta['seeds']} seeds)", height=420,
-                          width=max(500, 450 * len(envs)), legend={"orientation": "h", "y": -0.25})
+                                f"(mean of {meta['seeds']} seeds)", height=100 + 320 * rows,
+                          width=max(500, 450 * cols), legend={"orientation": "h", "y": -0.25})
         fig.update_yaxes(range=[0, 1])
         fig.update_xaxes(title_text="environment steps")
         figs["cases"] = fig
     return figs
+
+
+def _grid(envs) -> tuple[int, int]:
+    """(rows, columns) of a figure with one panel per env, at most 4 panels a row."""
+    cols = min(4, max(1, len(envs)))
+    return -(-max(1, len(envs)) // cols), cols
 
 
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]

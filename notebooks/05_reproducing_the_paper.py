@@ -98,7 +98,9 @@ def scores(folder: Path) -> pd.DataFrame:
 # %%
 training = experiment("training")
 display(scores(training))
-reproduce.figures(training)["curves"]
+figs = reproduce.figures(training)
+display(figs["scores"])
+figs["curves"]
 
 # %% [markdown]
 # ## 2. Generalization to unseen environments
@@ -109,7 +111,9 @@ reproduce.figures(training)["curves"]
 # %%
 generalization = experiment("generalization")
 display(scores(generalization))
-reproduce.figures(generalization)["curves"]
+figs = reproduce.figures(generalization)
+display(figs["scores"])
+figs["curves"]
 
 # %% [markdown]
 # ## 3. Q-value overestimation

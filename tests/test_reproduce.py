@@ -47,6 +47,11 @@ def test_each_training_experiment_runs_at_the_ci_budget(tmp_path, name):
     pairs = len(episodes.groupby(["algorithm", "env"]))  # runs with a finished episode
     assert pairs >= len(exp.algorithms)
     assert len(figs["curves"].data) == pairs
+    bars = figs["scores"].data  # one bar trace per algorithm, the summary's means
+    assert [b.name for b in bars] == list(exp.algorithms)
+    assert list(bars[0].y) == pytest.approx(
+        summary[summary.algorithm == exp.algorithms[0]].set_index("env")
+        .reindex(list(bars[0].x)).score_all.tolist())
     if name == "overestimation":
         assert len(figs["overestimation"].data) == 2 * pairs
         bias = reproduce.overestimation_bias(folder)
