@@ -543,7 +543,8 @@ def figures(folder: str | Path) -> dict:
                 continue
             x, y = _mean_curve(g, "normalized")
             fig.add_trace(go.Scatter(x=x, y=y, name=alg, legendgroup=alg, showlegend=j == 1,
-                                     line={"color": _PALETTE[i % len(_PALETTE)]}), row=(j - 1) // cols + 1, col=(j - 1) % cols + 1)
+                                     line={"color": _PALETTE[i % len(_PALETTE)]}),
+                          **_cell(j, cols))
     fig.update_layout(title=f"{meta['experiment']}: normalized return during training "
                             f"({meta['budget']} budget, {meta['seeds']} seeds)",
                       height=60 + 320 * rows, width=max(500, 330 * cols))
@@ -573,10 +574,12 @@ def figures(folder: str | Path) -> dict:
                 x, q = _mean_curve(g, "q_initial")
                 _, d = _mean_curve(g, "discounted_return")
                 fig.add_trace(go.Scatter(x=x, y=q, name=f"{alg}: Q(s_0)", legendgroup=alg,
-                                         showlegend=j == 1, line={"color": color}), row=(j - 1) // cols + 1, col=(j - 1) % cols + 1)
+                                         showlegend=j == 1, line={"color": color}),
+                              **_cell(j, cols))
                 fig.add_trace(go.Scatter(x=x, y=d, name=f"{alg}: realized return",
                                          legendgroup=alg, showlegend=j == 1,
-                                         line={"color": color, "dash": "dot"}), row=(j - 1) // cols + 1, col=(j - 1) % cols + 1)
+                                         line={"color": color, "dash": "dot"}),
+                              **_cell(j, cols))
         fig.update_layout(title="estimated Q(s_0) (solid) vs realized discounted return (dotted)",
                           height=80 + 320 * rows, width=max(500, 450 * cols))
         fig.update_xaxes(title_text="environment steps")
@@ -596,7 +599,7 @@ def figures(folder: str | Path) -> dict:
                 fig.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), name=label,
                                          legendgroup=str(node), showlegend=j == 1,
                                          line={"color": _PALETTE[i % len(_PALETTE)]}),
-                              row=(j - 1) // cols + 1, col=(j - 1) % cols + 1)
+                              **_cell(j, cols))
         fig.update_layout(title="fraction of transitions on each max's first branch "
                                 f"(mean of {meta['seeds']} seeds)", height=100 + 320 * rows,
                           width=max(500, 450 * cols), legend={"orientation": "h", "y": -0.25})
@@ -604,6 +607,11 @@ def figures(folder: str | Path) -> dict:
         fig.update_xaxes(title_text="environment steps")
         figs["cases"] = fig
     return figs
+
+
+def _cell(j: int, cols: int) -> dict:
+    """The row and col keywords of panel ``j`` (1-based) in a grid of ``cols`` columns."""
+    return {"row": (j - 1) // cols + 1, "col": (j - 1) % cols + 1}
 
 
 def _grid(envs) -> tuple[int, int]:

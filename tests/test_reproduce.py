@@ -150,7 +150,7 @@ def test_figures_export_as_png(tmp_path):
     folder = reproduce.run("overestimation", "ci", tmp_path, seeds=2,
                            envs=("CartPole-v0",), progress=False)
     paths = reproduce.save_figures(folder)
-    assert sorted(p.name for p in paths) == ["curves.png", "overestimation.png"]
+    assert sorted(p.name for p in paths) == ["curves.png", "overestimation.png", "scores.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
 
