@@ -42,6 +42,9 @@ class Task:
     seed: int
     tries: int = 0
     started: float = field(default_factory=time.time)
+    """When the current try was sent, then (local backend) when its worker began it."""
+    running: bool = False
+    """Whether a local worker has acknowledged the current try (see ``STARTED``)."""
 
     def split(self) -> list[Task]:
         """One task per candidate, each with its own two tries (a batch that broke does
@@ -124,6 +127,13 @@ class InProcessBackend:
         """Nothing to release."""
 
 
+STARTED = "started"
+"""What a local worker sends once it has the task in hand (spawned, imported, unpickled)."""
+
+STARTUP_GRACE = 120.0
+"""Seconds a local worker may take to start a task (spawn, imports) before it counts as hung."""
+
+
 def _worker_main(conn) -> None:
     """A local worker: receive tasks, send back outcomes, until told to stop."""
     import torch
@@ -137,6 +147,7 @@ def _worker_main(conn) -> None:
         if msg is None:
             return
         keys, evaluator, programs_json, seed = msg
+        conn.send(STARTED)  # the timeout counts from here, not from a slow spawn or import
         conn.send((keys, _run_task(evaluator, programs_json, seed)))
 
 
@@ -186,7 +197,7 @@ class LocalBackend:
     def _start(self, task: Task) -> None:
         w = next(w for w in self.workers if w.task is None)
         task.tries += 1
-        task.started = time.time()
+        task.started, task.running = time.time(), False
         w.task = task
         w.conn.send((task.keys, task.evaluator, task.programs_json, task.seed))
 
@@ -218,17 +229,22 @@ class LocalBackend:
             for w in busy:
                 if w.conn in ready:
                     try:
-                        keys, outs = w.conn.recv()
+                        msg = w.conn.recv()
                     except (EOFError, OSError):
                         self._lost(w, f"worker {w.index} died (exit code {w.proc.exitcode})")
                         continue
+                    if msg == STARTED:
+                        w.task.started, w.task.running = time.time(), True
+                        continue
+                    keys, outs = msg
                     for key, out in zip(keys, outs):
                         out.worker = out.worker or f"local-{w.index}"
                         self._done.append((key, out))
                     w.task = None
                 elif w.proc.sentinel in ready or not w.proc.is_alive():
                     self._lost(w, f"worker {w.index} died (exit code {w.proc.exitcode})")
-                elif self.timeout is not None and time.time() - w.task.started > self.timeout:
+                elif self.timeout is not None and time.time() - w.task.started > (
+                        self.timeout if w.task.running else max(self.timeout, STARTUP_GRACE)):
                     self._lost(w, f"worker {w.index} hung past the {self.timeout:g}s timeout")
             if deadline is not None and time.time() >= deadline:
                 break
@@ -279,7 +295,7 @@ class RayBackend:
 
     def _start(self, task: Task) -> None:
         task.tries += 1
-        task.started = time.time()
+        task.started, task.running = time.time(), False
         self._running[self._remote.remote(task.evaluator, task.programs_json, task.seed)] = task
 
     def _lost(self, ref, why: str) -> None:

@@ -70,3 +70,20 @@ class FakeEvaluator:
         fitness = fake_fitness(program)
         status = "below_hurdle" if self.hurdle is not None and fitness < self.hurdle else "trained"
         return Outcome(status, fitness, {"Fake-v0": fitness}, None, 100, self.sleep)
+
+
+class SlowToStart:
+    """Wraps an evaluator so that unpickling it in a worker takes ``delay`` seconds (a slow
+    spawn or import), while evaluating stays as fast as the wrapped one."""
+
+    def __init__(self, inner, delay: float):
+        self.inner, self.delay = inner, delay
+
+    def __call__(self, program, seed):
+        return self.inner(program, seed)
+
+    def __setstate__(self, state):
+        import time
+
+        self.__dict__.update(state)
+        time.sleep(self.delay)

@@ -15,7 +15,7 @@ from evorl_nb import library
 from evorl_nb.evolve import Evolution, ProgramEvaluator, get_preset, iterate
 from evorl_nb.runner import resume, start
 from evorl_nb.store import RunStore, load_run
-from fakes import FakeEvaluator, fake_fitness
+from fakes import FakeEvaluator, SlowToStart, fake_fitness
 
 TESTS = Path(__file__).parent
 
@@ -198,6 +198,16 @@ def test_local_backend_times_out_a_hung_worker(tmp_path):
     failed = df[df.status == "failed"]
     assert len(df) == 8 and len(failed) >= 1 and failed.reason.str.contains("hung").all()
     assert (df.status == "trained").sum() == 1  # the spared seed; the search went on
+
+
+def test_local_backend_timeout_counts_from_the_start_of_the_task_not_the_spawn(tmp_path):
+    # every task takes 2.5 s to reach its worker (unpickling), longer than the 1 s timeout;
+    # the evaluation itself is instant, so nothing may be called hung
+    slow = SlowToStart(FakeEvaluator(), delay=2.5)
+    path = start(tmp_path / "slow", tiny(candidates=4), seed=0, backend="local", workers=2,
+                 timeout=1, evaluator=slow, progress=False, verbose=False)
+    df = load_run(path).candidates
+    assert len(df) == 4 and (df.status != "failed").all(), df[["status", "reason"]]
 
 
 def test_ray_backend_end_to_end_with_worker_death(tmp_path):
