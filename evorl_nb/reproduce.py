@@ -47,6 +47,7 @@ import numpy as np
 
 __all__ = ["EXPERIMENTS", "BUDGETS", "Experiment", "BranchTracker", "run", "load", "figures",
            "save_figures", "overestimation_bias", "case_summary", "program_table", "family",
+           "write_search_tables",
            "trainer_config", "thin", "ci95"]
 
 ALGORITHMS = ("dqn", "ddqn", "dqn_reg", "dqn_clipped", "cql", "mdqn")
@@ -390,7 +391,6 @@ def _search(exp: Experiment, budget: str, folder: Path, env_ids, progress: bool,
 
     from evorl_nb import runner
     from evorl_nb.evolve import get_preset
-    from evorl_nb.store import load_run
 
     overrides: dict[str, Any] = {"space": exp.space}
     if env_ids is not None:
@@ -405,7 +405,17 @@ def _search(exp: Experiment, budget: str, folder: Path, env_ids, progress: bool,
     runner.start(run_dir, config, seed=0, backend=backend,
                  workers=None if backend == "inprocess" else (workers or os.cpu_count()),
                  progress=progress, verbose=False)
-    data = load_run(runner.store_path(run_dir))
+    out = write_search_tables(folder, runner.store_path(run_dir))
+    return {"evolution": config.to_dict(), "backend": backend, **out}
+
+
+def write_search_tables(folder: str | Path, store: str | Path) -> dict:
+    """Write ``table.csv`` and ``convergence.csv`` of a search's run store into ``folder``;
+    returns its rates and the store's path relative to ``folder`` (for meta.json)."""
+    from evorl_nb.store import load_run
+
+    folder = Path(folder)
+    data = load_run(store)
     _write_csv(folder / "table.csv", program_table(data))
     df = data.candidates
     fit = df["fitness"].where(df["status"] != "failed")
@@ -414,8 +424,7 @@ def _search(exp: Experiment, budget: str, folder: Path, env_ids, progress: bool,
             for i, st, f, b in zip(df["id"], df["status"], fit.astype(float),
                                    fit.astype(float).cummax(), strict=True)]
     _write_csv(folder / "convergence.csv", conv)
-    return {"evolution": config.to_dict(), "backend": backend,
-            "rates": data.rates(), "run": str(runner.store_path(run_dir).relative_to(folder))}
+    return {"rates": data.rates(), "run": str(Path(store).resolve().relative_to(folder.resolve()))}
 
 
 def program_table(data, k: int = 10) -> list[dict]:
@@ -453,10 +462,30 @@ def family(program) -> str:
     from evorl_nb import library
     from evorl_nb.symbolic import Q_SA, delta, notation, simplify, td_target
 
-    expr = simplify(program)
-    out, target = notation(expr)
+    def simp(x):  # sympy.simplify raises on some evolved terms (e.g. max of a batch mean)
+        try:
+            return sympy.simplify(x)
+        except Exception:
+            return None
+
+    try:
+        out, target = notation(simplify(program))
+    except Exception:
+        return "other"
     if target is None:
         return "other"
+    dqn_target = td_target(simplify(library.get("dqn")))
+    suffix = "" if simp(target - dqn_target) == 0 else " (other Y)"
+    rest = sympy.expand(out - delta**2)
+    if rest == 0:
+        return "δ^2" + suffix
+    k = simp(rest / Q_SA)
+    if k is not None and k.is_number:
+        return f"δ^2 + {float(k):g}*Q" + suffix
+    c = simp(out / delta**2)
+    if c is not None and c.is_number:
+        return f"{float(c):g}*δ^2" + suffix
+    return "other"
     dqn_target = td_target(simplify(library.get("dqn")))
     suffix = "" if sympy.simplify(target - dqn_target) == 0 else " (other Y)"
     rest = sympy.expand(out - delta**2)

@@ -135,6 +135,30 @@ def test_family_names_the_papers_families():
     assert reproduce.family(library.get("cql")) == "other"
 
 
+# found by a search with MiniGrid in its fitness: sympy.simplify raises on this target
+# ("The argument 'E_B[0.2]' is not comparable"), which once crashed the search's table
+CLIPPED_BY_A_BATCH_MEAN = (
+    '{"format": "evorl_nb.program", "frozen": 0, "inputs": ["q", "a_t", "s_t", "q_targ", '
+    '"s_tp1", "r_t", "discount"], "nodes": [{"inputs": [6, 6], "op": "L2Distance"}, '
+    '{"inputs": [7, 6], "op": "Add"}, {"inputs": [], "op": "Constant", "value": 0.2}, '
+    '{"inputs": [9], "op": "MeanBatch"}, {"inputs": [8, 5], "op": "L2Distance"}, '
+    '{"inputs": [5, 10], "op": "L2Distance"}, {"inputs": [8, 11], "op": "DotProduct"}, '
+    '{"inputs": [10, 5], "op": "Min"}, {"inputs": [14, 14], "op": "Min"}, '
+    '{"inputs": [11], "op": "Abs"}, {"inputs": [14, 15], "op": "Min"}, '
+    '{"inputs": [10, 5], "op": "DotProduct"}, {"inputs": [0, 2], "op": "QValues"}, '
+    '{"inputs": [19, 1], "op": "SelectList"}, {"inputs": [3, 4], "op": "QValues"}, '
+    '{"inputs": [21], "op": "MaxList"}, {"inputs": [6, 22], "op": "DotProduct"}, '
+    '{"inputs": [23, 17], "op": "Min"}, {"inputs": [20, 24], "op": "Subtract"}, '
+    '{"inputs": [25], "op": "L2Norm"}], "version": 1}')
+
+
+def test_family_never_raises_on_terms_sympy_cannot_simplify():
+    from evorl_nb.program import Program
+
+    program = Program.from_json(CLIPPED_BY_A_BATCH_MEAN)
+    assert reproduce.family(program) == "δ^2 (other Y)"
+
+
 def test_thin_keeps_first_last_and_at_most_the_limit():
     assert reproduce.thin(10, 20).tolist() == list(range(10))
     idx = reproduce.thin(1000, 300)
