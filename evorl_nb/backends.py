@@ -295,7 +295,7 @@ class RayBackend:
 
     def _start(self, task: Task) -> None:
         task.tries += 1
-        task.started, task.running = time.time(), False
+        task.started = time.time()
         self._running[self._remote.remote(task.evaluator, task.programs_json, task.seed)] = task
 
     def _lost(self, ref, why: str) -> None:

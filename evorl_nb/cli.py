@@ -47,10 +47,6 @@ def _reproduce(args) -> int:
     from evorl_nb import reproduce
     from evorl_nb.envs import AmbiguousEnvError, MissingDependencyError, UnknownEnvError
 
-    if args.experiment not in reproduce.EXPERIMENTS:
-        print(f"evorl-nb reproduce: unknown experiment {args.experiment!r}; known: "
-              f"{', '.join(reproduce.EXPERIMENTS)}", file=sys.stderr)
-        return 2
     try:
         folder = reproduce.run(args.experiment, args.budget, args.out, seeds=args.seeds,
                                envs=tuple(args.envs) if args.envs else None,
@@ -68,11 +64,11 @@ def _reproduce(args) -> int:
                   f"{r.score_last50:>7.3f} ± {r.ci95_last50:<7.3f}")
     if args.experiment == "overestimation":
         print("\nQ(s_0) - realized discounted return, second half of training:")
-        for _, r in reproduce.overestimation_bias(folder).iterrows():
+        for _, r in reproduce.overestimation_bias(data).iterrows():
             print(f"{r.algorithm:<12} {r.env:<36} {r.bias:>+9.3f} ± {r.ci95:.3f}")
     if "cases" in data:
         print("\nfraction of transitions on the first branch (all / first 10% / second half):")
-        for _, r in reproduce.case_summary(folder).iterrows():
+        for _, r in reproduce.case_summary(data).iterrows():
             print(f"{r.env:<36} {r.op.lower()}[{r['first']}, {r['second']}]\n"
                   f"{'':<36} {r.first_all:.3f} / {r.first_early:.3f} / {r.first_late:.3f}")
     if "table" in data:
@@ -81,7 +77,7 @@ def _reproduce(args) -> int:
             print(f"{r['rank']:>6} {r.score:>6.3f} {r.proposed:>8}  {r.simplified}  [{r.family}]")
     if not args.no_figures:
         try:
-            for path in reproduce.save_figures(folder):
+            for path in reproduce.save_figures(data):
                 print(f"figure: {path}")
         except Exception as e:  # no Chromium or kaleido: the tables are still written
             print(f"evorl-nb reproduce: figures not exported ({type(e).__name__}: {e})",

@@ -361,12 +361,13 @@ def _sub_equation(program, index: int) -> str:
     return symbols.to_text(expr)
 
 
-def case_summary(folder: str | Path):
+def case_summary(folder: str | Path | dict):
     """Per (env, node): the fraction of elements that took each side of the max, over all of
-    training, over its first 10% and its second half (mean and 95% CI over seeds)."""
+    training, over its first 10% and its second half (mean and 95% CI over seeds). ``folder``
+    may also be what :func:`load` returned."""
     import pandas as pd
 
-    cases = pd.read_csv(Path(folder) / "cases.csv")
+    cases = load(folder)["cases"]
     rows = []
     for (env, node), g in cases.groupby(["env", "node"], sort=False):
         row = {"env": env, "node": int(node), "op": g.op.iloc[0], "first": g["first"].iloc[0],
@@ -376,7 +377,7 @@ def case_summary(folder: str | Path):
                                                  + 0.1 * (s.step.max() - s.step.min())]),
                            ("late", lambda s: s[s.step >= (s.step.min() + s.step.max()) / 2])):
             per_seed = [float(np.average(p.fraction_first, weights=p.updates))
-                        for _, p in ((k, pick(v)) for k, v in g.groupby("seed")) if len(p)]
+                        for _, s in g.groupby("seed") if len(p := pick(s))]
             row[f"first_{part}"], row[f"ci95_{part}"] = ci95(per_seed)
         row["seeds"] = g.seed.nunique()
         rows.append(row)
@@ -418,11 +419,10 @@ def write_search_tables(folder: str | Path, store: str | Path) -> dict:
     data = load_run(store)
     _write_csv(folder / "table.csv", program_table(data))
     df = data.candidates
-    fit = df["fitness"].where(df["status"] != "failed")
+    fit = df["fitness"].where(df["status"] != "failed").astype(float)
     conv = [{"id": int(i), "status": st, "fitness": None if math.isnan(f) else float(f),
              "best_so_far": None if math.isnan(b) else float(b)}
-            for i, st, f, b in zip(df["id"], df["status"], fit.astype(float),
-                                   fit.astype(float).cummax(), strict=True)]
+            for i, st, f, b in zip(df["id"], df["status"], fit, fit.cummax(), strict=True)]
     _write_csv(folder / "convergence.csv", conv)
     return {"rates": data.rates(), "run": str(Path(store).resolve().relative_to(folder.resolve()))}
 
@@ -433,9 +433,7 @@ def program_table(data, k: int = 10) -> list[dict]:
     from evorl_nb.program import Program
 
     df = data.candidates
-    ok = df[(df["status"] != "failed") & df["fitness"].notna()]
-    order = ok.sort_values(["fitness", "id"], ascending=[False, True], kind="mergesort")
-    rank = {int(i): r for r, i in enumerate(order["id"], start=1)}
+    rank = {int(i): r for r, i in enumerate(data.best(len(df))["id"], start=1)}
     counts = df["fingerprint"].value_counts()
     rows = []
     for _, row in data.best(k, distinct=True).iterrows():
@@ -459,8 +457,7 @@ def family(program) -> str:
     """
     import sympy
 
-    from evorl_nb import library
-    from evorl_nb.symbolic import Q_SA, delta, notation, simplify, td_target
+    from evorl_nb.symbolic import DQN_TARGET, Q_SA, delta, notation, simplify
 
     def simp(x):  # sympy.simplify raises on some evolved terms (e.g. max of a batch mean)
         try:
@@ -474,8 +471,7 @@ def family(program) -> str:
         return "other"
     if target is None:
         return "other"
-    dqn_target = td_target(simplify(library.get("dqn")))
-    suffix = "" if simp(target - dqn_target) == 0 else " (other Y)"
+    suffix = "" if simp(target - DQN_TARGET) == 0 else " (other Y)"
     rest = sympy.expand(out - delta**2)
     if rest == 0:
         return "δ^2" + suffix
@@ -484,18 +480,6 @@ def family(program) -> str:
         return f"δ^2 + {float(k):g}*Q" + suffix
     c = simp(out / delta**2)
     if c is not None and c.is_number:
-        return f"{float(c):g}*δ^2" + suffix
-    return "other"
-    dqn_target = td_target(simplify(library.get("dqn")))
-    suffix = "" if sympy.simplify(target - dqn_target) == 0 else " (other Y)"
-    rest = sympy.expand(out - delta**2)
-    if rest == 0:
-        return "δ^2" + suffix
-    k = sympy.simplify(rest / Q_SA)
-    if k.is_number:
-        return f"δ^2 + {float(k):g}*Q" + suffix
-    c = sympy.simplify(out / delta**2)
-    if c.is_number:
         return f"{float(c):g}*δ^2" + suffix
     return "other"
 
@@ -509,13 +493,17 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def load(folder: str | Path) -> dict:
+def load(folder: str | Path | dict) -> dict:
     """An experiment folder's tables as pandas DataFrames (those it has of runs, summary,
-    episodes, cases, table, convergence) and its meta."""
+    episodes, cases, table, convergence), its meta and the folder. Given what ``load``
+    returned, returns it as it is (so callers can read a folder once and pass it around)."""
     import pandas as pd
 
+    if isinstance(folder, dict):
+        return folder
     folder = Path(folder)
-    out: dict[str, Any] = {"meta": json.loads((folder / "meta.json").read_text())}
+    out: dict[str, Any] = {"meta": json.loads((folder / "meta.json").read_text()),
+                           "folder": folder}
     for name in ("runs", "summary", "episodes", "cases", "table", "convergence"):
         path = folder / f"{name}.csv"
         if path.exists() and path.stat().st_size:
@@ -523,9 +511,10 @@ def load(folder: str | Path) -> dict:
     return out
 
 
-def overestimation_bias(folder: str | Path):
+def overestimation_bias(folder: str | Path | dict):
     """Per (algorithm, env): mean of Q(s_0) - realized discounted return over the second half
-    of training (after exploration and early learning), with a 95% CI over seeds."""
+    of training (after exploration and early learning), with a 95% CI over seeds. ``folder``
+    may also be what :func:`load` returned."""
     data = load(folder)
     ep = data["episodes"]
     rows = []
@@ -541,16 +530,16 @@ def overestimation_bias(folder: str | Path):
     return pd.DataFrame(rows)
 
 
-def figures(folder: str | Path) -> dict:
-    """Plotly figures of an experiment folder: learning curves per env; Q(s_0) against the
-    realized discounted return (overestimation); the branch fractions over training
-    (clipped_cases); the search's fitness over candidates (search experiments)."""
+def figures(folder: str | Path | dict) -> dict:
+    """Plotly figures of an experiment folder (or of what :func:`load` returned): learning
+    curves per env; Q(s_0) against the realized discounted return (overestimation); the
+    branch fractions over training (clipped_cases); the search's fitness over candidates
+    (search experiments)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    folder = Path(folder)
     data = load(folder)
-    meta = data["meta"]
+    folder, meta = data["folder"], data["meta"]
     figs = {}
     if "convergence" in data:
         from evorl_nb.viz.evolution import fitness_figure
@@ -652,14 +641,15 @@ def _grid(envs) -> tuple[int, int]:
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
-def save_figures(folder: str | Path, scale: float = 1.5) -> list[Path]:
+def save_figures(folder: str | Path | dict, scale: float = 1.5) -> list[Path]:
     """Export the folder's figures as ``figures/NAME.png`` (plotly through kaleido, which
-    drives Chromium: Debian's ``chromium`` package will do). Returns the files written."""
-    folder = Path(folder)
-    out = folder / "figures"
+    drives Chromium: Debian's ``chromium`` package will do). Returns the files written.
+    ``folder`` may also be what :func:`load` returned."""
+    data = load(folder)
+    out = data["folder"] / "figures"
     out.mkdir(exist_ok=True)
     written = []
-    for name, fig in figures(folder).items():
+    for name, fig in figures(data).items():
         path = out / f"{name}.png"
         fig.write_image(path, scale=scale)
         written.append(path)

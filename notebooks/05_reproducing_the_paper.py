@@ -46,6 +46,7 @@ RERUN = False  # True: run every experiment again even where results at BUDGET e
 OUT = None  # results folder; None: docs/results/reproduce/BUDGET (a temporary folder at ci)
 
 # %%
+import json
 import tempfile
 from pathlib import Path
 
@@ -69,20 +70,23 @@ if OUT is None:
 OUT = Path(OUT)
 
 
-def experiment(name: str) -> Path:
-    """The folder of an experiment's results at BUDGET: the stored ones, or a fresh run."""
+def experiment(name: str) -> dict:
+    """An experiment's results at BUDGET (the stored ones, or a fresh run), read once with
+    ``reproduce.load``; the reproduce functions below take them as they are."""
     folder = OUT / name
     meta = folder / "meta.json"
-    if not RERUN and meta.exists() and reproduce.load(folder)["meta"]["budget"] == BUDGET:
-        print(f"{name}: stored results ({reproduce.load(folder)['meta']['command']})")
-        return folder
+    if not RERUN and meta.exists():
+        stored = json.loads(meta.read_text())
+        if stored["budget"] == BUDGET:
+            print(f"{name}: stored results ({stored['command']})")
+            return reproduce.load(folder)
     print(f"{name}: running at the {BUDGET!r} budget into {folder}")
-    return reproduce.run(name, BUDGET, OUT)
+    return reproduce.load(reproduce.run(name, BUDGET, OUT))
 
 
-def scores(folder: Path) -> pd.DataFrame:
+def scores(data: dict) -> pd.DataFrame:
     """The summary as algorithms x envs: mean normalized score ± 95% CI over seeds."""
-    s = reproduce.load(folder)["summary"]
+    s = data["summary"].copy()
     s["score"] = [f"{m:.2f} ± {c:.2f}" for m, c in zip(s.score_all, s.ci95_all)]
     table = s.pivot(index="algorithm", columns="env", values="score")
     return table.loc[list(dict.fromkeys(s.algorithm))]
@@ -154,7 +158,7 @@ reproduce.figures(cases)["cases"]
 
 # %%
 search = experiment("search")
-display(reproduce.load(search)["table"].head(6))
+display(search["table"].head(6))
 reproduce.figures(search)["convergence"]
 
 # %% [markdown]
@@ -162,7 +166,7 @@ reproduce.figures(search)["convergence"]
 
 # %%
 scratch = experiment("scratch")
-table = reproduce.load(scratch)["table"]
+table = scratch["table"]
 display(table.head(6))
 found = table[table.family.str.startswith("δ^2")]
 print("a TD-like loss among the top 10:", "yes" if len(found) else "no")
