@@ -149,29 +149,23 @@ def env_only(k: int, steps: int, env_id: str = "CartPole-v1") -> float:
 def update_only(k: int, updates: int, hidden=(64, 64), threads: int = 1) -> float:
     """Batched updates per second times k (agent-updates/s): sample, losses, backward, Adam."""
     from evorl_nb.dqn import get_config
-    from evorl_nb.population import LossPlan, StackedQ, _Agents, _Replay, _update
+    from evorl_nb.population import Population
 
     torch.set_num_threads(threads)
-    cfg = get_config("quick", hidden=hidden)
-    gens = [torch.Generator().manual_seed(i) for i in range(k)]
-    online = StackedQ.from_generators(4, 2, hidden, gens)
-    target = online.frozen_copy()
-    optim = torch.optim.Adam(online.parameters, lr=1e-3, fused=True)
-    plan = LossPlan(distinct_losses(k))
-    replay = _Replay(k, 4096, 4, np.float32, torch.device("cpu"))
-    rng = np.random.default_rng(0)
-    rows = np.arange(k)
-    for _ in range(2000):
-        o = rng.standard_normal((k, 4)).astype(np.float32)
-        replay.add(o, rng.integers(0, 2, k), np.ones(k), o, np.zeros(k, bool), rows)
-    book = _Agents(k, 0.99)
-    gen = torch.Generator().manual_seed(0)
+    cfg = get_config("quick", hidden=hidden, learning_starts=10**9, budget_steps=10**9)
+    pop = Population("CartPole-v1", cfg, slots=k)
+    for i, prog in enumerate(distinct_losses(k)):
+        pop.add(prog, seed=i)
+    pop.advance(max_steps=2000)  # fills every replay buffer, no learning yet
+    learn = np.ones(k, bool)
     for _ in range(3):
-        _update(plan, replay, online, target, optim, gen, cfg, book, rows)
+        pop._update(learn)
     start = time.perf_counter()
     for _ in range(updates):
-        _update(plan, replay, online, target, optim, gen, cfg, book, rows)
-    return k * updates / (time.perf_counter() - start)
+        pop._update(learn)
+    rate = k * updates / (time.perf_counter() - start)
+    pop.close()
+    return rate
 
 
 def matmul_rate(threads: int, n: int = 2048, reps: int = 10) -> float:

@@ -8,7 +8,7 @@ operation instead:
   forward pass is one ``baddbmm`` per layer. Adam runs over the stacked tensors; since it
   is elementwise, each agent's slice follows exactly the update it would get alone.
 * **Environments** step as a batch (:func:`evorl_nb.envs.vector.make_vector_env`).
-* **Replay buffers** are ``[K, capacity, ...]`` tensors written in lockstep.
+* **Replay buffers** are ``[slots, capacity, ...]`` tensors, one buffer per slot.
 * **Losses**: K different programs cannot be one kernel, but their ops can be grouped.
   :class:`LossPlan` compiles the programs once: every Q-network call becomes one of four
   precomputed stacked values (online or target net on ``s_t`` or ``s_{t+1}``), and the
@@ -18,14 +18,17 @@ operation instead:
   differentiated, so each agent receives exactly its own gradient.
 * **Failures** are per agent: a loss that turns NaN/inf, explodes or whose gradient is not
   finite stops that agent (recorded with the reason, as :func:`evorl_nb.dqn.train` does);
-  the others go on. Agents that are done (failed, or out of episodes) are dropped from the
-  batched learner as they accumulate, so a batch does not pay for them.
+  the others go on.
+* **Continuous batching** (:class:`Population`): agents that are done (failed, or out of
+  budget) leave the batched learner, and a queued agent takes a freed slot at once, so a
+  batch stays full although its agents need very different numbers of steps.
 
-Randomness: agent ``k``'s network init and environment come from ``seeds[k]`` exactly as in
-:func:`evorl_nb.dqn.train`; exploration and replay sampling draw from one stream seeded by
-``seeds[0]``. So with K = 1 the run *is* ``train(program, env_id, config, seed=seeds[0])``
-(to float rounding: batched matmuls may round differently), and for K > 1 every agent is an
-independent draw from the same distribution.
+Randomness: every agent has its own streams, seeded by its own seed exactly as
+:func:`evorl_nb.dqn.train` seeds them (network init, environment, exploration, replay
+sampling, the loss's random ops), and its own counters (steps, epsilon, updates, target
+schedule, Adam's step). So an agent's run does not depend on its companions, on the slot
+count or on when it got a slot: it *is* ``train(program, env_id, config, seed)`` to float
+rounding (batched matmuls may round differently; tested over whole runs).
 
 >>> from evorl_nb import library
 >>> runs = train_population([library.get("dqn"), library.get("ddqn")], "CartPole-v1", "ci",
@@ -38,9 +41,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,7 +63,7 @@ from evorl_nb.envs.vector import make_vector_env
 from evorl_nb.ops import OPS, Type, _bc
 from evorl_nb.program import N_INPUTS, TARGET, Program
 
-__all__ = ["train_population", "LossPlan", "StackedQ", "agent_seeds"]
+__all__ = ["train_population", "Population", "LossPlan", "StackedQ", "agent_seeds"]
 
 # input slots (see evorl_nb.program.INPUTS)
 _ONLINE, _ACTION, _S_T, _S_TP1, _REWARD, _DISCOUNT = 0, 1, 2, 4, 5, 6
@@ -325,10 +329,14 @@ class LossPlan:
 
     def losses(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                next_obs: torch.Tensor, done: torch.Tensor, online: StackedQ, target: StackedQ,
-               gamma: float, generator: torch.Generator | None = None,
+               gamma: float,
+               generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
                q_cache: dict[tuple[int, int], torch.Tensor] | None = None) -> torch.Tensor:
         """Per-agent losses ``[K]`` for a batch ``[K, B, ...]`` (obs float, action long).
 
+        ``generator`` feeds the random ops (Normal, Uniform): one generator for all agents,
+        or one per agent (agent k's draws come from ``generator[k]`` in its node order, as
+        ``Program.loss`` draws them; ``None`` there: zeros, for an agent not learning now).
         ``q_cache`` may hold already computed stacked Q-values by (net slot, state slot);
         the ones computed here are added to it.
         """
@@ -358,9 +366,17 @@ class LossPlan:
         r_blocks = [reward, discount]
         if self.random_nodes:
             draws = []
-            for _k, _i, op_name in self.random_nodes:
+            per_agent = isinstance(generator, (list, tuple))
+            for k, _i, op_name in self.random_nodes:
+                g = generator[k] if per_agent else generator
+                if per_agent and g is None:
+                    draws.append(torch.zeros(B, dtype=reward.dtype, device=reward.device))
+                    continue
                 fn = torch.randn if op_name == "Normal" else torch.rand
-                draws.append(fn(B, generator=generator, dtype=reward.dtype, device=reward.device))
+                if g is not None and g.device != reward.device:  # CPU streams, as dqn.train
+                    draws.append(fn(B, generator=g, dtype=reward.dtype).to(reward.device))
+                else:
+                    draws.append(fn(B, generator=g, dtype=reward.dtype, device=reward.device))
             r_blocks.append(torch.stack(draws))
         if self.constants:
             r_blocks.append(torch.tensor(self.constants, dtype=reward.dtype, device=reward.device)
@@ -388,37 +404,437 @@ class LossPlan:
 
 
 @dataclass
-class _Agents:
-    """Per-agent episode book-keeping as arrays over all K agents."""
+class _Agent:
+    """One agent: its loss, seeds, random streams and results (lives in a slot while training)."""
 
-    K: int
-    gamma: float
+    key: Any
+    program: Program
+    seed: int
+    result: TrainResult
+    rng: np.random.Generator
+    """Exploration draws (two per step, as dqn.train)."""
+    gen: torch.Generator
+    """Network init, then replay sampling and the loss's random ops (as dqn.train)."""
+    env_seed: int
+    started: float = 0.0
 
-    def __post_init__(self):
-        K = self.K
-        self.ret = np.zeros(K)
-        self.disc = np.zeros(K)
-        self.length = np.zeros(K, np.int64)
-        self.q0 = np.full(K, np.nan)
-        self.q_taken = np.full(K, np.nan)
-        self.loss_sum = np.zeros(K)
-        self.q_sum = np.zeros(K)
-        self.n_updates = np.zeros(K, np.int64)
-        self.need_q0 = np.ones(K, bool)
+
+class Population:
+    """``slots`` agents trained as one batch, continuously: a finished agent's slot is
+    given to the next queued one (continuous batching), so a batch stays full when its
+    agents need very different numbers of steps.
+
+    ``add(program, seed, key)`` queues an agent; ``advance()`` trains until every queued
+    agent is done (or ``max_steps`` batched steps) and returns the ``(key, TrainResult)``
+    pairs that finished. Every agent keeps its own step and update counters, epsilon,
+    replay buffer, target-update schedule, Adam step count and random streams (seeded by
+    its own seed exactly as :func:`evorl_nb.dqn.train` seeds them), so its run does not
+    depend on its companions or on when it got its slot: it is the single trainer's run,
+    to float rounding.
+
+    >>> from evorl_nb import library
+    >>> pop = Population("CartPole-v1", "ci", slots=2)
+    >>> for i, name in enumerate(["dqn", "ddqn", "dqn_reg"]):
+    ...     _ = pop.add(library.get(name), seed=i, key=name)
+    >>> sorted(key for key, _ in pop.advance())
+    ['ddqn', 'dqn', 'dqn_reg']
+    """
+
+    def __init__(self, env_id: str, config: DQNConfig | str = "paper", slots: int = 8, *,
+                 vectorized: bool = True, compact: bool = True,
+                 callback: Callable[[Any, EpisodeRecord], None] | None = None):
+        self.config = config = get_config(config) if isinstance(config, str) else config
+        if int(slots) < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.slots = S = int(slots)
+        """Agents trained at once."""
+        self.spec = spec = get_spec(env_id)
+        self.compact, self.callback = compact, callback
+        self.device = torch.device(config.device)
+        self.queue: deque[_Agent] = deque()
+        self._added = 0
+        self.env = make_vector_env(spec.env_id, S, vectorized=vectorized)
+        self.n_actions, self.obs_dim = self.env.n_actions, self.env.obs_dim
+        self.episodes_budget, self.steps_budget = _budget(config, spec)
+        decay = config.eps_decay_steps or spec.epsilon_decay_steps
+        if config.max_eps_decay_steps is not None:
+            decay = min(decay, config.max_eps_decay_steps)
+        self.decay = decay
+        self.divisor = (None if self.env.obs_divisor is None else
+                        torch.as_tensor(self.env.obs_divisor, dtype=torch.float32,
+                                        device=self.device))
+        self.replay = _Replay(S, min(config.buffer_size, self.steps_budget), self.obs_dim,
+                              self.env.obs_dtype, self.device)
+        # per slot
+        self.agents: list[_Agent | None] = [None] * S
+        self.active = np.zeros(S, bool)
+        self.steps = np.zeros(S, np.int64)
+        self.updates = np.zeros(S, np.int64)
+        self.ret, self.disc = np.zeros(S), np.zeros(S)
+        self.length = np.zeros(S, np.int64)
+        self.q0, self.q_taken = np.full(S, np.nan), np.full(S, np.nan)
+        self.loss_sum, self.q_sum = np.zeros(S), np.zeros(S)
+        self.n_updates = np.zeros(S, np.int64)
+        self.need_q0 = np.ones(S, bool)
+        # the batched learner: row j trains the agent in slot rows[j]
+        self.rows = np.zeros(0, np.int64)
+        self.online: StackedQ | None = None
+        self.target: StackedQ | None = None
+        self.optim: torch.optim.Adam | None = None
+        self.plan: LossPlan | None = None
+        self.adam_steps = np.zeros(0, np.int64)
+        self.raw: np.ndarray | None = None  # raw observations of every slot
+        self._done: list[tuple[Any, TrainResult]] = []
+
+    # --- queue ---------------------------------------------------------------------------
+
+    def add(self, program: Program, seed: int = 0, key: Any = None) -> Any:
+        """Queue an agent training ``program`` seeded by ``seed``; returns its key (by
+        default the number of agents added before it)."""
+        if not isinstance(program, Program):
+            raise TypeError(f"the population trainer trains Programs, got "
+                            f"{type(program).__name__} (use evorl_nb.dqn.train for a plain "
+                            "loss callable)")
+        key = self._added if key is None else key
+        self._added += 1
+        explore, net, env = agent_seeds(seed)
+        self.queue.append(_Agent(key, program, int(seed), TrainResult(self.spec.env_id, int(seed)),
+                                 np.random.default_rng(explore),
+                                 torch.Generator().manual_seed(net), env))
+        return key
+
+    @property
+    def running(self) -> int:
+        """Agents training now."""
+        return int(self.active.sum())
+
+    @property
+    def pending(self) -> int:
+        """Agents queued for a slot."""
+        return len(self.queue)
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing is training or queued."""
+        return not self.queue and not self.active.any()
+
+    # --- training ------------------------------------------------------------------------
+
+    def advance(self, max_steps: int | None = None, *,
+                progress: bool = False) -> list[tuple[Any, TrainResult]]:
+        """Train until every queued agent is done, or for ``max_steps`` batched steps;
+        return the agents that finished meanwhile as ``(key, TrainResult)``, in the order
+        they finished. Never raises for a bad loss (that agent fails, the others go on)."""
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            total = self.steps_budget if (self.steps_budget < 10**12 and not self.queue
+                                          or self.running == 0 and len(self.queue) <= self.slots
+                                          and self.steps_budget < 10**12) else None
+            bar = tqdm(total=total, unit="step", leave=False,
+                       desc=f"{self.running + self.pending} agents on {self.spec.env_id}")
+        n = 0
+        with _threads(self.config.num_threads):
+            self._settle()
+            while self.active.any() and (max_steps is None or n < max_steps):
+                self._step()
+                self._settle()
+                n += 1
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        """Release the environments."""
+        self.env.close()
+
+    # --- slots and the learner's layout ----------------------------------------------------
+
+    def _settle(self) -> None:
+        """Give free slots to queued agents, or drop finished agents from the learner."""
+        free = np.flatnonzero(~self.active)
+        gone = ~self.active[self.rows]
+        if self.queue and len(free) and (len(free) >= max(1, self.slots // 32)
+                                         or not self.active.any()):
+            take = [self.queue.popleft() for _ in range(min(len(free), len(self.queue)))]
+            self._relayout(list(zip(free[:len(take)].tolist(), take)))
+        elif gone.any() and (gone.all() or self.compact and
+                             gone.sum() >= max(1, len(self.rows) // 8)):
+            self._relayout([])
+
+    def _relayout(self, fill: list[tuple[int, _Agent]]) -> None:
+        """Rebuild the learner for the rows still training plus the agents in ``fill``."""
+        cfg, dev = self.config, self.device
+        keep = np.flatnonzero(self.active[self.rows])
+        new_slots = np.asarray([s for s, _ in fill], np.int64)
+        for s, a in fill:
+            self.agents[s] = a
+            a.started = time.perf_counter()
+            self.active[s] = True
+            self.steps[s] = self.updates[s] = self.length[s] = self.n_updates[s] = 0
+            self.ret[s] = self.disc[s] = self.loss_sum[s] = self.q_sum[s] = 0.0
+            self.need_q0[s] = True
+            self.replay.reset(s)
+        if fill:
+            seeds = [a.env_seed for _, a in fill]
+            if self.raw is None:  # first episode of every slot (empty slots get seed 0)
+                all_seeds = [0] * self.slots
+                for s, a in fill:
+                    all_seeds[s] = a.env_seed
+                self.raw = self.env.reset(all_seeds)
+            else:
+                self.raw[new_slots] = self.env.reset_at(new_slots.tolist(), seeds)
+        fresh = (StackedQ.from_generators(self.obs_dim, self.n_actions, cfg.hidden,
+                                          [a.gen for _, a in fill], str(dev)) if fill else None)
+        params, moments = [], []
+        if self.online is not None and len(keep) < len(self.rows):
+            idx = torch.as_tensor(keep, dtype=torch.long, device=dev)
+            pick = lambda t: t.detach().index_select(0, idx)  # noqa: E731
+        else:
+            pick = lambda t: t.detach()  # noqa: E731
+        old = self.online.parameters if self.online is not None and len(keep) else []
+        olds = [self.optim.state[p] for p in old]
+        old_target = self.target.parameters if old else []
+        new = fresh.parameters if fresh is not None else [None] * len(old)
+        targets = []
+        for i in range(max(len(old), len(new))):
+            parts = ([pick(old[i])] if old else []) + ([new[i].detach()] if fresh else [])
+            p = torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+            params.append(p.requires_grad_())
+            tparts = ([pick(old_target[i])] if old else []) + ([new[i].detach()] if fresh else [])
+            targets.append(torch.cat(tparts) if len(tparts) > 1 else tparts[0].clone())
+            m = [(pick(olds[i]["exp_avg"]), pick(olds[i]["exp_avg_sq"]))] if old else []
+            if fresh is not None:
+                z = torch.zeros_like(new[i])
+                m.append((z, z.clone()))
+            moments.append((torch.cat([a for a, _ in m]), torch.cat([b for _, b in m]))
+                           if len(m) > 1 else (m[0][0].clone(), m[0][1].clone()))
+        self.rows = np.concatenate([self.rows[keep], new_slots]).astype(np.int64)
+        self.adam_steps = np.concatenate([self.adam_steps[keep],
+                                          np.zeros(len(fill), np.int64)])
+        if not len(self.rows):
+            self.online = self.target = self.optim = self.plan = None
+            return
+        self.online = StackedQ(params[0::2], params[1::2])
+        self.target = StackedQ(targets[0::2], targets[1::2])
+        self.optim = torch.optim.Adam(self.online.parameters, lr=cfg.lr, fused=True)
+        for p, (m, v) in zip(self.online.parameters, moments):
+            self.optim.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                   "exp_avg": m, "exp_avg_sq": v}
+        self.plan = LossPlan([self.agents[s].program for s in self.rows]).to(dev)
+
+    # --- one batched step ------------------------------------------------------------------
+
+    def _eps(self, steps: np.ndarray) -> np.ndarray:
+        c = self.config
+        return c.eps_end + (c.eps_start - c.eps_end) * np.maximum(0.0, 1.0 - steps / self.decay)
+
+    def _finish(self, s: int) -> None:
+        a = self.agents[s]
+        self.active[s] = False
+        a.result.steps, a.result.updates = int(self.steps[s]), int(self.updates[s])
+        a.result.wall_time = time.perf_counter() - a.started
+        self._done.append((a.key, a.result))
+
+    def _step(self) -> None:
+        cfg, S, nA = self.config, self.slots, self.n_actions
+        act = self.active
+        live = np.flatnonzero(act)
+        rows = self.rows
+        eps = self._eps(self.steps)
+        draws = np.zeros((S, 2))
+        for s in live.tolist():
+            draws[s] = self.agents[s].rng.random(2)  # explore?, which random action
+        obs_t = _decode(self.raw[rows], self.divisor, self.device)
+        with torch.no_grad():
+            q = self.online(obs_t.unsqueeze(1)).squeeze(1)  # [n, A]
+            greedy_rows = q.argmax(1).cpu().numpy()
+            q_np = q.cpu().numpy().astype(np.float64)
+        actions = np.minimum((draws[:, 1] * nA).astype(np.int64), nA - 1)
+        greedy = actions.copy()
+        greedy[rows] = greedy_rows
+        actions = np.where(draws[:, 0] < eps, actions, greedy)
+        # Q tracking: max_a Q(s_0, a) and Q(s_0, a_0) at each agent's episode start
+        starting = self.need_q0[rows] & act[rows]
+        if starting.any():
+            ks = rows[starting]
+            self.q0[ks] = q_np[starting].max(1)
+            self.q_taken[ks] = q_np[starting, actions[ks]]
+            self.need_q0[ks] = False
+        out = self.env.step(actions)
+        self.replay.add(live, self.raw, actions, out.reward, out.next_obs, out.terminated)
+        gamma = cfg.gamma
+        self.disc += gamma ** self.length * out.reward
+        self.ret += out.reward
+        self.length += 1
+        self.steps[live] += 1
+        row_steps = self.steps[rows]
+        learn = act[rows] & (row_steps >= cfg.learning_starts) & (row_steps % cfg.train_every == 0)
+        if learn.any():
+            failed = self._update(learn)
+            for j, reason in failed.items():
+                s = rows[j]
+                self.agents[s].result.failed = True
+                self.agents[s].result.reason = f"{reason} at step {self.steps[s]}"
+                self._finish(s)
+            stepped = learn.copy()
+            stepped[list(failed)] = False
+            ss = rows[stepped]
+            self.updates[ss] += 1
+            copy = np.zeros(len(rows), bool)
+            copy[stepped] = self.updates[ss] % cfg.target_update == 0
+            if copy.any():
+                self._copy_target(copy)
+        ended = (out.terminated | out.truncated) & self.active
+        for s in np.flatnonzero(ended).tolist():
+            a = self.agents[s]
+            mean = lambda x, n: float(x / n) if n else float("nan")  # noqa: E731
+            record = EpisodeRecord(len(a.result.episodes), int(self.steps[s]), float(self.ret[s]),
+                                   int(self.length[s]), float(self.disc[s]), float(self.q0[s]),
+                                   float(self.q_taken[s]),
+                                   mean(self.q_sum[s], self.n_updates[s]),
+                                   mean(self.loss_sum[s], self.n_updates[s]), float(eps[s]))
+            a.result.episodes.append(record)
+            if self.callback is not None:
+                self.callback(a.key, record)
+            if (self.episodes_budget is not None
+                    and len(a.result.episodes) >= self.episodes_budget):
+                self._finish(s)
+        ended = out.terminated | out.truncated
+        self.ret[ended] = self.disc[ended] = 0.0
+        self.length[ended] = 0
+        self.loss_sum[ended] = self.q_sum[ended] = 0.0
+        self.n_updates[ended] = 0
+        self.need_q0[ended] = True
+        for s in np.flatnonzero(self.active & (self.steps >= self.steps_budget)).tolist():
+            self._finish(s)
+        self.raw = out.obs
+
+    def _copy_target(self, rows_mask: np.ndarray) -> None:
+        """Hard target update of the learner rows in ``rows_mask``."""
+        if rows_mask.all():
+            self.target.copy_from(self.online)
+            return
+        idx = torch.as_tensor(np.flatnonzero(rows_mask), dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            for mine, theirs in zip(self.target.parameters, self.online.parameters):
+                mine.index_copy_(0, idx, theirs.detach().index_select(0, idx))
+
+    def _update(self, learn: np.ndarray) -> dict[int, str]:
+        """One gradient step for the learner rows in ``learn``; returns {row: why it stops}."""
+        cfg, rows = self.config, self.rows
+        gens = [self.agents[s].gen if ok else None for s, ok in zip(rows.tolist(), learn)]
+        b = self.replay.sample(rows, cfg.batch_size, gens, self.divisor)
+        online, target = self.online, self.target
+        q_cache: dict = {}
+        try:
+            losses = self.plan.losses(b["obs"], b["action"], b["reward"], b["next_obs"],
+                                      b["done"], online, target, cfg.gamma, gens, q_cache)
+        except Exception as e:  # a wild op must not kill the batch: every agent fails with it
+            return {j: f"loss raised {type(e).__name__}: {e}" for j in np.flatnonzero(learn)}
+        q_sa = q_cache.get((_ONLINE, _S_T))
+        if q_sa is None:
+            with torch.no_grad():
+                q_sa = online(b["obs"])
+        q_taken = q_sa.detach().gather(2, b["action"].unsqueeze(2)).squeeze(2).mean(1)
+        values = losses.detach()
+        learn_t = torch.as_tensor(learn, device=values.device)
+        ok = torch.isfinite(values) & ~(values.abs() > cfg.max_loss) & learn_t
+        total = torch.where(ok, losses, torch.zeros_like(losses)).sum()
+        self.optim.zero_grad(set_to_none=True)
+        if total.requires_grad:
+            total.backward()
+        grads = [p.grad for p in online.parameters]
+        if all(g is not None for g in grads):
+            grad_ok = torch.isfinite(torch.stack([g.flatten(1).sum(1) for g in grads]).sum(0))
+        else:
+            grad_ok = torch.ones_like(ok)
+        values_np = values.cpu().numpy().astype(np.float64)
+        ok_np, grad_ok_np = ok.cpu().numpy(), grad_ok.cpu().numpy()
+        failed: dict[int, str] = {}
+        for j in np.flatnonzero(learn & (~ok_np | ~grad_ok_np)):
+            v = values_np[j]
+            if not math.isfinite(v):
+                failed[j] = f"loss is {float(v)}"
+            elif abs(v) > cfg.max_loss:
+                failed[j] = f"loss exploded ({v:.3g} > max_loss {cfg.max_loss:g})"
+            else:
+                failed[j] = "gradient is not finite"
+        if failed:
+            bad = torch.as_tensor(sorted(failed), dtype=torch.long, device=total.device)
+            with torch.no_grad():
+                for g in grads:
+                    if g is not None:
+                        g.index_fill_(0, bad, 0.0)
+        stepped = learn.copy()
+        stepped[list(failed)] = False
+        if total.requires_grad:
+            self._adam(stepped)
+        ks = rows[stepped]
+        self.loss_sum[ks] += values_np[stepped]
+        self.q_sum[ks] += q_taken.cpu().numpy().astype(np.float64)[stepped]
+        self.n_updates[ks] += 1
+        return failed
+
+    def _adam(self, stepped: np.ndarray) -> None:
+        """Adam on the rows in ``stepped``, each with its own step count.
+
+        While every training row steps together from the same count (a batch started
+        together, the common case) this is torch's fused Adam over the stacked tensors,
+        exactly as the single trainer; rows that are done ride along (their values no
+        longer matter). Otherwise (a slot refilled, or rows not learning yet) each row's
+        bias correction uses its own count and the other rows are left untouched.
+        """
+        training = self.active[self.rows]
+        counts = self.adam_steps[stepped]
+        if np.array_equal(stepped, training) and (counts == counts[0]).all():
+            for p in self.online.parameters:
+                self.optim.state[p]["step"].fill_(float(counts[0]))
+            self.optim.step()
+            self.adam_steps[:] = counts[0] + 1
+            return
+        idle = torch.as_tensor(np.flatnonzero(~stepped), dtype=torch.long, device=self.device)
+        if len(idle):  # a row not learning may still have a NaN gradient (0 * inf backward)
+            with torch.no_grad():
+                for p in self.online.parameters:
+                    p.grad.index_fill_(0, idle, 0.0)
+        group = self.optim.param_groups[0]
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        self.adam_steps[stepped] += 1
+        t = self.adam_steps.astype(np.float64)
+        bc1 = np.where(stepped, 1.0 - b1 ** t, 1.0)
+        bc2 = np.where(stepped, 1.0 - b2 ** t, 1.0)
+        dev, n = self.device, len(self.rows)
+        col = lambda x: torch.as_tensor(x, dtype=torch.float32, device=dev).view(n, 1, 1)  # noqa: E731
+        m = stepped.astype(np.float64)
+        w1, keep2 = col((1.0 - b1) * m), col(np.where(stepped, b2, 1.0))
+        size, root2 = col(-lr / bc1 * m), col(np.sqrt(bc2))
+        with torch.no_grad():
+            for p in self.online.parameters:
+                st, g = self.optim.state[p], p.grad
+                st["exp_avg"].lerp_(g, w1)
+                st["exp_avg_sq"].mul_(keep2).addcmul_(g, g, value=1.0 - b2)
+                denom = (st["exp_avg_sq"].sqrt() / root2).add_(eps)
+                p.add_(st["exp_avg"] / denom * size)
 
 
 def train_population(programs: Sequence[Program], env_id: str,
                      config: DQNConfig | str = "paper", *, seeds: Sequence[int] | None = None,
                      callback: Callable[[int, EpisodeRecord], None] | None = None,
                      progress: bool = False, vectorized: bool = True,
-                     compact: bool = True) -> list[TrainResult]:
+                     compact: bool = True, slots: int | None = None) -> list[TrainResult]:
     """Train one DQN agent per program on ``env_id``, all at once; never raises for a bad loss.
 
     ``seeds[k]`` seeds agent k (default ``0..K-1``); the result list is in program order
     and each entry is what :func:`evorl_nb.dqn.train` would return for that agent.
     ``callback(k, record)`` sees every finished episode of agent k. ``vectorized=False``
     steps plain gymnasium envs (for checking the batched envs). ``compact`` drops finished
-    agents from the batched learner as they accumulate.
+    agents from the batched learner as they accumulate. ``slots`` (default: all K) trains
+    that many at a time, a finished agent's slot going to the next program.
     """
     config = get_config(config) if isinstance(config, str) else config
     programs = list(programs)
@@ -432,134 +848,15 @@ def train_population(programs: Sequence[Program], env_id: str,
     seeds = list(range(K)) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != K:
         raise ValueError(f"need one seed per program: {K} programs, {len(seeds)} seeds")
-    spec = get_spec(env_id)
-    device = torch.device(config.device)
-    results = [TrainResult(spec.env_id, s) for s in seeds]
-    start = time.perf_counter()
-    with _threads(config.num_threads):
-        return _run(programs, spec, config, seeds, results, device, callback, progress,
-                    vectorized, compact, start)
-
-
-def _run(programs, spec, config, seeds, results, device, callback, progress, vectorized,
-         compact, start):
-    K = len(programs)
-    per_agent = [agent_seeds(s) for s in seeds]
-    rng = np.random.default_rng(per_agent[0][0])
-    env = make_vector_env(spec.env_id, K, vectorized=vectorized)
-    n_actions, obs_dim = env.n_actions, env.obs_dim
-    gens = [torch.Generator().manual_seed(a[1]) for a in per_agent]
-    online = StackedQ.from_generators(obs_dim, n_actions, config.hidden, gens, str(device))
-    # one sampling stream: agent 0's generator, continued after its network init
-    if device.type == "cpu":
-        gen = gens[0]
-    else:
-        gen = torch.Generator(device).manual_seed(per_agent[0][1])
-    target = online.frozen_copy()
-    optim = torch.optim.Adam(online.parameters, lr=config.lr, fused=True)
-    plan = LossPlan(programs).to(device)
-    episodes_budget, steps_budget = _budget(config, spec)
-    decay = config.eps_decay_steps or spec.epsilon_decay_steps
-    if config.max_eps_decay_steps is not None:
-        decay = min(decay, config.max_eps_decay_steps)
-    divisor = (None if env.obs_divisor is None
-               else torch.as_tensor(env.obs_divisor, dtype=torch.float32, device=device))
-    capacity = min(config.buffer_size, steps_budget)
-    replay = _Replay(K, capacity, obs_dim, env.obs_dtype, device)
-    replay.divisor = divisor
-    book = _Agents(K, config.gamma)
-    active = np.ones(K, bool)  # still training (not failed, episodes left)
-    rows = np.arange(K)  # learner row -> agent index
-    stop: dict[int, tuple[int, int]] = {}  # agent -> (steps, updates) when it stopped
-    raw = env.reset([a[2] for a in per_agent])
-    steps = updates = 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps_budget if steps_budget < 10**12 else None, unit="step",
-                   leave=False, desc=f"{K} agents on {spec.env_id}")
-    gamma = config.gamma
-    while steps < steps_budget and active.any():
-        eps = config.eps_end + (config.eps_start - config.eps_end) * max(0.0, 1.0 - steps / decay)
-        draws = rng.random((K, 2))
-        obs_t = _decode(raw, divisor, device)
-        with torch.no_grad():
-            q = online(obs_t[rows].unsqueeze(1)).squeeze(1)  # [n, A] for learner rows
-            greedy_rows = q.argmax(1).cpu().numpy()
-            q_np = q.cpu().numpy().astype(np.float64)
-        actions = np.minimum((draws[:, 1] * n_actions).astype(np.int64), n_actions - 1)
-        greedy = actions.copy()
-        greedy[rows] = greedy_rows
-        explore = draws[:, 0] < eps
-        actions = np.where(explore, actions, greedy)
-        # Q tracking: max_a Q(s_0, a) and Q(s_0, a_0) at each agent's episode start
-        starting = book.need_q0[rows]
-        if starting.any():
-            ks = rows[starting]
-            book.q0[ks] = q_np[starting].max(1)
-            book.q_taken[ks] = q_np[starting, actions[ks]]
-            book.need_q0[ks] = False
-        out = env.step(actions)
-        replay.add(raw, actions, out.reward, out.next_obs, out.terminated, rows)
-        book.disc += gamma ** book.length * out.reward
-        book.ret += out.reward
-        book.length += 1
-        steps += 1
-        if steps >= config.learning_starts and steps % config.train_every == 0 and len(rows):
-            failed = _update(plan, replay, online, target, optim, gen, config, book, rows)
-            for j, reason in failed.items():
-                k = rows[j]
-                if active[k]:
-                    results[k].failed, results[k].reason = True, f"{reason} at step {steps}"
-                    active[k] = False
-                    stop[k] = (steps, updates)
-            updates += 1
-            if updates % config.target_update == 0:
-                target.copy_from(online)
-        ended = out.terminated | out.truncated
-        if ended.any():
-            for k in np.flatnonzero(ended):
-                if not active[k]:
-                    continue
-                mean = lambda s, n: float(s / n) if n else float("nan")  # noqa: E731
-                record = EpisodeRecord(len(results[k].episodes), steps, float(book.ret[k]),
-                                       int(book.length[k]), float(book.disc[k]),
-                                       float(book.q0[k]), float(book.q_taken[k]),
-                                       mean(book.q_sum[k], book.n_updates[k]),
-                                       mean(book.loss_sum[k], book.n_updates[k]), eps)
-                results[k].episodes.append(record)
-                if callback is not None:
-                    callback(int(k), record)
-                if episodes_budget is not None and len(results[k].episodes) >= episodes_budget:
-                    active[k] = False
-                    stop[k] = (steps, updates)
-            book.ret[ended] = book.disc[ended] = 0.0
-            book.length[ended] = 0
-            book.loss_sum[ended] = book.q_sum[ended] = 0.0
-            book.n_updates[ended] = 0
-            book.need_q0[ended] = True
-        raw = out.obs
-        # drop finished agents from the learner once enough have accumulated
-        gone = ~active[rows]
-        if gone.any() and (not compact and gone.all() or
-                           compact and gone.sum() >= max(1, len(rows) // 8)):
-            keep = np.flatnonzero(~gone)
-            rows = rows[keep]
-            if len(rows):
-                online, target, optim = _shrink(online, target, optim, keep, config)
-                plan = plan.subset(keep)
-                replay.shrink(keep)
-        if bar is not None:
-            bar.update(1)
-    env.close()
-    if bar is not None:
-        bar.close()
-    wall = time.perf_counter() - start
-    for k, r in enumerate(results):
-        r.steps, r.updates = stop.get(k, (steps, updates))
-        r.wall_time = wall
-    return results
+    pop = Population(env_id, config, min(K, slots or K), vectorized=vectorized,
+                     compact=compact, callback=callback)
+    try:
+        for k, (p, s) in enumerate(zip(programs, seeds)):
+            pop.add(p, s, key=k)
+        done = dict(pop.advance(progress=progress))
+    finally:
+        pop.close()
+    return [done[k] for k in range(K)]
 
 
 def _decode(raw: np.ndarray, divisor, device) -> torch.Tensor:
@@ -567,137 +864,79 @@ def _decode(raw: np.ndarray, divisor, device) -> torch.Tensor:
     return x / divisor if divisor is not None else x
 
 
-def _shrink(online: StackedQ, target: StackedQ, optim, keep, config):
-    """Keep learner rows ``keep``: networks, target and Adam state."""
-    idx = torch.as_tensor(keep, dtype=torch.long, device=online.weights[0].device)
-    new_online = StackedQ(
-        [w.detach().index_select(0, idx).requires_grad_() for w in online.weights],
-        [b.detach().index_select(0, idx).requires_grad_() for b in online.biases])
-    new_target = StackedQ([w.index_select(0, idx) for w in target.weights],
-                          [b.index_select(0, idx) for b in target.biases])
-    new_optim = torch.optim.Adam(new_online.parameters, lr=config.lr, fused=True)
-    for old, new in zip(online.parameters, new_online.parameters):
-        state = optim.state.get(old)
-        if state:
-            new_optim.state[new] = {"step": state["step"].clone(),
-                                    "exp_avg": state["exp_avg"].index_select(0, idx),
-                                    "exp_avg_sq": state["exp_avg_sq"].index_select(0, idx)}
-    return new_online, new_target, new_optim
-
-
 class _Replay:
-    """K uniform replay buffers written in lockstep: ``[n, capacity, ...]`` tensors that grow
-    by doubling, raw observations (uint8 grid codes stay uint8)."""
+    """One uniform replay buffer per slot: ``[slots, n, ...]`` tensors that grow by doubling
+    up to ``capacity``, raw observations (uint8 grid codes stay uint8), each slot with its
+    own position and size."""
 
-    def __init__(self, K: int, capacity: int, obs_dim: int, obs_dtype, device):
-        self.capacity, self.size, self.pos = capacity, 0, 0
+    def __init__(self, slots: int, capacity: int, obs_dim: int, obs_dtype, device):
+        self.capacity = capacity
+        self.size = np.zeros(slots, np.int64)
+        self.pos = np.zeros(slots, np.int64)
         self.obs_dim, self.device = obs_dim, device
         self.obs_dtype = torch.from_numpy(np.zeros(0, dtype=obs_dtype)).dtype
-        self._alloc(K, min(capacity, 4096))
+        self.t: dict[str, torch.Tensor] = {}
+        self._alloc(slots, min(capacity, 4096))
 
-    def _alloc(self, n_agents: int, n: int) -> None:
-        old = getattr(self, "t", None)
+    def _alloc(self, slots: int, n: int) -> None:
+        old = self.t
         d, dev = self.obs_dim, self.device
-        self.t = {"obs": torch.zeros(n_agents, n, d, dtype=self.obs_dtype, device=dev),
-                  "next_obs": torch.zeros(n_agents, n, d, dtype=self.obs_dtype, device=dev),
-                  "action": torch.zeros(n_agents, n, dtype=torch.long, device=dev),
-                  "reward": torch.zeros(n_agents, n, dtype=torch.float32, device=dev),
-                  "done": torch.zeros(n_agents, n, dtype=torch.float32, device=dev)}
-        if old is not None:
+        self.t = {"obs": torch.zeros(slots, n, d, dtype=self.obs_dtype, device=dev),
+                  "next_obs": torch.zeros(slots, n, d, dtype=self.obs_dtype, device=dev),
+                  "action": torch.zeros(slots, n, dtype=torch.long, device=dev),
+                  "reward": torch.zeros(slots, n, dtype=torch.float32, device=dev),
+                  "done": torch.zeros(slots, n, dtype=torch.float32, device=dev)}
+        if old:
             m = old["obs"].shape[1]
             for k, v in old.items():
                 self.t[k][:, :m] = v
 
-    def add(self, obs, action, reward, next_obs, terminated, rows) -> None:
-        """Store each learner row's transition at the shared position."""
-        t = self.t
-        if self.pos == t["obs"].shape[1] and t["obs"].shape[1] < self.capacity:
-            self._alloc(t["obs"].shape[0], min(2 * t["obs"].shape[1], self.capacity))
-            t = self.t
-        i, dev = self.pos, self.device
-        t["obs"][:, i] = torch.as_tensor(obs[rows]).to(dev)
-        t["next_obs"][:, i] = torch.as_tensor(next_obs[rows]).to(dev)
-        t["action"][:, i] = torch.as_tensor(action[rows]).to(dev)
-        t["reward"][:, i] = torch.as_tensor(reward[rows], dtype=torch.float32).to(dev)
-        t["done"][:, i] = torch.as_tensor(terminated[rows], dtype=torch.float32).to(dev)
-        self.pos = (i + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
+    def reset(self, slot: int) -> None:
+        """Empty one slot's buffer (a new agent took the slot)."""
+        self.size[slot] = self.pos[slot] = 0
 
-    def sample(self, batch_size: int, generator, divisor):
-        """A batch per row: obs/next_obs ``[n, B, D]`` float, action, reward, done ``[n, B]``."""
-        n, cap = self.t["obs"].shape[:2]
-        idx = torch.randint(0, self.size, (n, batch_size), generator=generator,
-                            device=self.device)
-        # row-major positions in the flattened [n * capacity] buffers: one index_select each
-        flat = (idx + torch.arange(n, device=self.device).unsqueeze(1) * cap).flatten()
+    def add(self, slots: np.ndarray, obs, action, reward, next_obs, terminated) -> None:
+        """Store the transitions of ``slots`` (rows of the slot-indexed arrays)."""
+        if not len(slots):
+            return
+        t = self.t
+        n_slots, n = t["obs"].shape[:2]
+        pos = self.pos[slots]
+        if pos.max() >= n and n < self.capacity:
+            self._alloc(n_slots, min(2 * n, self.capacity))
+            t = self.t
+        dev = self.device
+        fields = {"obs": torch.as_tensor(obs[slots]), "next_obs": torch.as_tensor(next_obs[slots]),
+                  "action": torch.as_tensor(action[slots]),
+                  "reward": torch.as_tensor(reward[slots], dtype=torch.float32),
+                  "done": torch.as_tensor(terminated[slots], dtype=torch.float32)}
+        if len(slots) == n_slots and (pos == pos[0]).all():  # lockstep: one column
+            i = int(pos[0])
+            for k, v in fields.items():
+                t[k][:, i] = v.to(dev)
+        else:
+            si = torch.as_tensor(slots, dtype=torch.long, device=dev)
+            pi = torch.as_tensor(pos, dtype=torch.long, device=dev)
+            for k, v in fields.items():
+                t[k][si, pi] = v.to(dev)
+        self.pos[slots] = (pos + 1) % self.capacity
+        self.size[slots] = np.minimum(self.size[slots] + 1, self.capacity)
+
+    def sample(self, slots: np.ndarray, batch_size: int, generators, divisor):
+        """A batch per slot: obs/next_obs ``[n, B, D]`` float, action, reward, done ``[n, B]``.
+
+        Slot ``slots[j]`` draws its indices from ``generators[j]`` (as the single trainer's
+        ``torch.randint(0, size, (B,))``); a None generator gives index 0 (a row that is not
+        learning now, whose batch is ignored)."""
+        n, cap = len(slots), self.t["obs"].shape[1]
+        idx = torch.stack([torch.randint(0, int(self.size[s]), (batch_size,), generator=g)
+                           if g is not None else torch.zeros(batch_size, dtype=torch.long)
+                           for s, g in zip(slots.tolist(), generators)]).to(self.device)
+        base = torch.as_tensor(slots, dtype=torch.long, device=self.device).unsqueeze(1) * cap
+        flat = (idx + base).flatten()
         out = {k: v.flatten(0, 1).index_select(0, flat).view(n, batch_size, *v.shape[2:])
                for k, v in self.t.items()}
         for k in ("obs", "next_obs"):
             x = out[k].to(torch.float32)
             out[k] = x / divisor if divisor is not None else x
         return out
-
-    def shrink(self, keep) -> None:
-        """Keep only rows ``keep``."""
-        idx = torch.as_tensor(keep, dtype=torch.long, device=self.device)
-        self.t = {k: v.index_select(0, idx) for k, v in self.t.items()}
-
-
-def _update(plan: LossPlan, replay: _Replay, online: StackedQ, target: StackedQ, optim, gen,
-            config: DQNConfig, book: _Agents, rows: np.ndarray) -> dict[int, str]:
-    """One gradient step for every learner row; returns {row: why it must stop}."""
-    divisor = getattr(replay, "divisor", None)
-    b = replay.sample(config.batch_size, gen, divisor)
-    failed: dict[int, str] = {}
-    q_cache: dict = {}
-    try:
-        losses = plan.losses(b["obs"], b["action"], b["reward"], b["next_obs"], b["done"],
-                             online, target, config.gamma, gen, q_cache)
-    except Exception as e:  # a wild op must not kill the batch: every agent fails with it
-        return {j: f"loss raised {type(e).__name__}: {e}" for j in range(len(rows))}
-    q_sa = q_cache.get((_ONLINE, _S_T))
-    if q_sa is None:
-        with torch.no_grad():
-            q_sa = online(b["obs"])
-    q_taken = q_sa.detach().gather(2, b["action"].unsqueeze(2)).squeeze(2).mean(1)
-    values = losses.detach()
-    finite = torch.isfinite(values)
-    big = values.abs() > config.max_loss
-    ok = finite & ~big
-    total = torch.where(ok, losses, torch.zeros_like(losses)).sum()
-    optim.zero_grad(set_to_none=True)
-    if total.requires_grad:
-        total.backward()
-    grads = [p.grad for p in online.parameters]
-    if all(g is not None for g in grads):
-        per_agent = torch.stack([g.flatten(1).sum(1) for g in grads]).sum(0)
-        grad_ok = torch.isfinite(per_agent)
-    else:
-        grad_ok = torch.ones_like(ok)
-    values_np = values.cpu().numpy().astype(np.float64)
-    ok_np, grad_ok_np = ok.cpu().numpy(), grad_ok.cpu().numpy()
-    for j in np.flatnonzero(~ok_np | ~grad_ok_np):
-        if j in failed:
-            continue
-        v = values_np[j]
-        if not math.isfinite(v):
-            failed[j] = f"loss is {float(v)}"
-        elif abs(v) > config.max_loss:
-            failed[j] = f"loss exploded ({v:.3g} > max_loss {config.max_loss:g})"
-        else:
-            failed[j] = "gradient is not finite"
-    if failed:
-        bad = torch.as_tensor(sorted(failed), dtype=torch.long, device=total.device)
-        with torch.no_grad():
-            for g in grads:
-                if g is not None:
-                    g.index_fill_(0, bad, 0.0)
-    if total.requires_grad:
-        optim.step()
-    good = np.ones(len(rows), bool)
-    good[list(failed)] = False
-    ks = rows[good]
-    book.loss_sum[ks] += values_np[good]
-    book.q_sum[ks] += q_taken.cpu().numpy().astype(np.float64)[good]
-    book.n_updates[ks] += 1
-    return failed

@@ -357,3 +357,37 @@ def test_register_validation(cleanup):
     with pytest.raises(UnknownEnvError):
         unregister("NotThere-v0")
     assert env_ids() == BUILTIN_IDS
+
+
+@pytest.mark.parametrize("env_id,vectorized", [
+    ("CartPole-v1", True), ("Acrobot-v1", True), ("MountainCar-v0", True),
+    ("MiniGrid-DoorKey-5x5-v0", True), ("MiniGrid-Dynamic-Obstacles-6x6-v0", True),
+    ("MiniGrid-LavaGapS5-v0", True), ("CartPole-v1", False)])
+def test_reset_at_restarts_one_slot_as_a_fresh_env_and_leaves_the_others(env_id, vectorized):
+    """A population trainer hands a freed slot to a new agent: after reset_at, that slot
+    runs exactly like a fresh env seeded the same, and the other slots do not notice."""
+    from evorl_nb.envs.vector import make_vector_env
+
+    rng = np.random.default_rng(0)
+    venv = make_vector_env(env_id, 3, vectorized=vectorized)
+    ref = make_vector_env(env_id, 3, vectorized=vectorized)
+    fresh = make_vector_env(env_id, 1, vectorized=vectorized)
+    assert np.array_equal(venv.reset([1, 2, 3]), ref.reset([1, 2, 3]))
+    n = venv.n_actions
+    for _ in range(37):
+        a = rng.integers(0, n, 3)
+        venv.step(a)
+        ref.step(a)
+    first = venv.reset_at([1], [77])
+    assert np.array_equal(first, fresh.reset([77]))
+    for _ in range(400):
+        a = rng.integers(0, n, 3)
+        mine, theirs, alone = venv.step(a), ref.step(a), fresh.step(a[1:2])
+        for field in ("next_obs", "reward", "terminated", "truncated", "obs"):
+            got = getattr(mine, field)
+            assert np.array_equal(got[[0, 2]], getattr(theirs, field)[[0, 2]]), field
+            assert np.array_equal(got[1:2], getattr(alone, field)), field
+    with pytest.raises(ValueError, match="one seed per slot"):
+        venv.reset_at([0, 1], [5])
+    with pytest.raises(ValueError, match="distinct indices"):
+        venv.reset_at([3], [5])

@@ -12,7 +12,8 @@ from fakes import nan_program
 
 from evorl_nb import library, search_space
 from evorl_nb.dqn import QNetwork, get_config, train
-from evorl_nb.population import LossPlan, StackedQ, train_population
+from evorl_nb.population import LossPlan, Population, StackedQ, train_population
+from evorl_nb.program import ProgramBuilder
 
 
 def _programs(n: int, seed: int) -> list:
@@ -144,7 +145,8 @@ def test_a_failing_agent_stops_alone_with_the_single_trainers_reason():
 
 
 def test_episode_budgets_end_agents_separately_and_compaction_keeps_training():
-    cfg = get_config("ci", budget_episodes=6, max_steps=3000)
+    # learning starts early enough that the NaN agent fails before its 6 episodes are over
+    cfg = get_config("ci", budget_episodes=6, max_steps=3000, learning_starts=40)
     progs = [library.get("dqn"), nan_program(), library.get("ddqn"), library.get("dqn_reg")]
     runs = train_population(progs, "CartPole-v1", cfg, seeds=[0, 1, 2, 3])
     assert runs[1].failed
@@ -230,3 +232,58 @@ def test_evaluate_batch_is_evaluate_at_one_program_and_applies_the_hurdle():
     outs = ev.batch([library.get("dqn"), library.get("cql")], 0)
     assert [o.status for o in outs] == ["trained", "trained"]
     assert all(0 < o.fitness <= 1 and o.steps == 400 for o in outs)
+
+
+def _same_run(a, b, tol=1e-5):
+    """Two TrainResults are the same run: episodes, counters, failure; Q to float rounding."""
+    assert (a.steps, a.updates, a.failed, a.reason) == (b.steps, b.updates, b.failed, b.reason)
+    assert np.array_equal(a.returns, b.returns)
+    qa = np.array([e.q_initial for e in a.episodes])
+    qb = np.array([e.q_initial for e in b.episodes])
+    assert np.allclose(qa, qb, rtol=tol, atol=tol, equal_nan=True)
+
+
+def test_continuous_batching_gives_every_agent_its_single_trainer_run():
+    """With fewer slots than programs, a finished agent's slot goes to the next program at
+    once (its network, replay, epsilon, Adam and target schedule start afresh). Every agent
+    has its own random streams and counters, so each run equals dqn.train's with its seed
+    whatever the slot count: the batch an agent trains in does not change its score."""
+    cfg = get_config("ci", budget_episodes=10, max_steps=800, learning_starts=60)
+    b = ProgramBuilder()  # random ops draw from each agent's own generator
+    q_sa = b.SelectList(b.QValues(b.q, b.s_t), b.a_t)
+    noisy = b.build(b.L2Norm(b.Add(q_sa, b.Subtract(b.Normal(), b.Uniform()))), name="noisy")
+    progs = [library.get(n) for n in ("dqn", "ddqn", "dqn_reg", "cql", "dqn_clipped")]
+    progs += [nan_program(), noisy]
+    seeds = [3, 4, 5, 6, 7, 8, 9]
+    alone = [train(p, "CartPole-v1", cfg, seed=s) for p, s in zip(progs, seeds)]
+    assert len({r.steps for r in alone}) > 3  # they finish at different steps: slots free up
+    for slots in (7, 2):
+        runs = train_population(progs, "CartPole-v1", cfg, seeds=seeds, slots=slots)
+        for a, r in zip(alone, runs):
+            _same_run(a, r)
+
+
+def test_population_takes_agents_while_training_and_reports_them_as_they_finish():
+    """The streaming interface a search worker uses: advance a little, add more agents
+    (on MiniGrid, whose slots restart from the new agent's seed), collect finished ones."""
+    cfg = get_config("ci", max_steps=300, learning_starts=50)
+    env = "MiniGrid-Dynamic-Obstacles-5x5-v0"
+    pop = Population(env, cfg, slots=2)
+    assert pop.idle and pop.advance() == []
+    pop.add(library.get("dqn"), seed=1, key="a")
+    pop.add(library.get("dqn_reg"), seed=2, key="b")
+    assert pop.advance(max_steps=120) == [] and pop.running == 2
+    pop.add(library.get("ddqn"), seed=3, key="c")  # waits for a free slot
+    assert pop.pending == 1
+    first = pop.advance(max_steps=181)  # a and b end at step 300; c takes a slot at once
+    assert sorted(k for k, _ in first) == ["a", "b"] and pop.running == 1 and pop.pending == 0
+    rest = pop.advance()
+    pop.close()
+    assert [k for k, _ in rest] == ["c"] and pop.idle
+    done = dict(first + rest)
+    for key, name, seed in (("a", "dqn", 1), ("b", "dqn_reg", 2), ("c", "ddqn", 3)):
+        _same_run(done[key], train(library.get(name), env, cfg, seed=seed))
+    with pytest.raises(TypeError, match="Programs"):
+        pop.add(lambda *a: 0)
+    with pytest.raises(ValueError, match="slots"):
+        Population(env, cfg, slots=0)

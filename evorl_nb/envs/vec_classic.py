@@ -199,6 +199,20 @@ class _ClassicVectorEnv(VectorEnv):
         self._started = True
         return self._start(np.arange(self.num_envs))
 
+    def reset_at(self, slots: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
+        """Re-seed envs ``slots`` with ``seeds`` and return their first observations."""
+        from gymnasium.utils import seeding
+
+        from evorl_nb.envs.vector import _check_slots
+
+        if not self._started:
+            raise RuntimeError("call reset(seeds) before reset_at()")
+        slots, seeds = _check_slots(self.num_envs, slots, seeds)
+        for i, s in zip(slots, seeds):
+            self._rngs[i] = seeding.np_random(s)[0]
+            self._refill(i)
+        return self._start(np.asarray(slots, np.int64))
+
     # --- step
     def step(self, actions: np.ndarray) -> VecStep:
         """Step every env; ended episodes restart in the same call (``obs``)."""

@@ -456,6 +456,20 @@ class MiniGridVec(VectorEnv):
         self._seeded = True
         return self._observe()
 
+    def reset_at(self, slots: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
+        """Re-seed slots ``slots`` with ``seeds`` (``env.reset(seed=...)``), return raw obs."""
+        from evorl_nb.envs.vector import _check_slots
+
+        if not self._seeded:
+            raise RuntimeError("call reset(seeds) before reset_at()")
+        slots, seeds = _check_slots(self.num_envs, slots, seeds)
+        for i, s in zip(slots, seeds):
+            self.envs[i].reset(seed=s)
+            self._load(i)
+            if self._streams:
+                self._pull_rng(i)
+        return self._observe(np.asarray(slots, np.int64))
+
     def _reset_slots(self, idx: np.ndarray) -> None:
         """Start a new episode in slots ``idx`` (continuing each slot's random stream)."""
         path = self.layout_path if self._layouts is not None else "env"

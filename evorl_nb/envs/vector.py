@@ -67,6 +67,12 @@ class VectorEnv:
         """Seed env ``i`` with ``seeds[i]``, start an episode everywhere, return raw obs."""
         raise NotImplementedError
 
+    def reset_at(self, slots: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
+        """Re-seed envs ``slots`` (``seeds[j]`` for ``slots[j]``) and start a new episode
+        there, as a fresh env reset with that seed would; return their raw obs ``[len, D]``.
+        The other envs are untouched (a population trainer gives a freed slot to a new agent)."""
+        raise NotImplementedError
+
     def step(self, actions: np.ndarray) -> VecStep:
         """Apply one action per env (int array ``[num_envs]``), auto-resetting ended episodes."""
         raise NotImplementedError
@@ -106,6 +112,14 @@ class GymVectorEnv(VectorEnv):
         return np.stack([np.asarray(env.reset(seed=int(s))[0], np.float32)
                          for env, s in zip(self.envs, seeds)])
 
+    def reset_at(self, slots: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
+        """Re-seed envs ``slots`` with ``seeds`` and return their first observations."""
+        slots, seeds = _check_slots(self.num_envs, slots, seeds)
+        out = np.empty((len(slots), self.obs_dim), np.float32)
+        for j, (i, s) in enumerate(zip(slots, seeds)):
+            out[j] = np.asarray(self.envs[i].reset(seed=s)[0], np.float32)
+        return out
+
     def step(self, actions: np.ndarray) -> VecStep:
         """Step every env; ended episodes restart with ``env.reset()``."""
         n = self.num_envs
@@ -124,6 +138,16 @@ class GymVectorEnv(VectorEnv):
         """Close every env."""
         for env in self.envs:
             env.close()
+
+
+def _check_slots(n: int, slots: Sequence[int], seeds: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Validated (slots, seeds) lists for ``reset_at``."""
+    slots, seeds = [int(i) for i in slots], [int(s) for s in seeds]
+    if len(slots) != len(seeds):
+        raise ValueError(f"need one seed per slot: {len(slots)} slots, {len(seeds)} seeds")
+    if len(set(slots)) != len(slots) or any(not 0 <= i < n for i in slots):
+        raise ValueError(f"slots must be distinct indices in [0, {n}), got {slots}")
+    return slots, seeds
 
 
 # Modules with batched implementations. Each defines ``VECTORIZED``: a dict from canonical
