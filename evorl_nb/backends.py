@@ -45,11 +45,24 @@ class Task:
     """When the current try was sent, then (local backend) when its worker began it."""
     running: bool = False
     """Whether a local worker has acknowledged the current try (see ``STARTED``)."""
+    alone: bool = False
+    """Train it on a worker of its own (a retry: it may be what broke its last worker)."""
+    left: set[str] = field(default_factory=set)
+    """Keys whose outcome has not come back yet (a streaming worker returns them one by one)."""
+
+    def __post_init__(self):
+        self.left = set(self.keys)
+
+    def remaining(self) -> Task:
+        """The candidates still without an outcome, as a task with the same tries."""
+        keep = [i for i, k in enumerate(self.keys) if k in self.left]
+        return Task([self.keys[i] for i in keep], self.evaluator,
+                    [self.programs_json[i] for i in keep], self.seed, self.tries, self.started)
 
     def split(self) -> list[Task]:
-        """One task per candidate, each with its own two tries (a batch that broke does
-        not count against the candidates that were not to blame)."""
-        return [Task([k], self.evaluator, [p], self.seed)
+        """One task per candidate, each with its own two tries and a worker of its own (a
+        batch that broke does not count against the candidates that were not to blame)."""
+        return [Task([k], self.evaluator, [p], self.seed, alone=True)
                 for k, p in zip(self.keys, self.programs_json)]
 
     def failed(self, why: str, worker: str | None) -> list[tuple[str, Outcome]]:
@@ -102,12 +115,13 @@ class InProcessBackend:
 
     name = "inprocess"
 
-    def __init__(self):
+    def __init__(self, slots: int = 1):
+        self.slots = max(1, int(slots))
         self._queue: list[Task] = []
 
     def free(self) -> int:
-        """Slots free for new tasks."""
-        return 0 if self._queue else 1
+        """Candidates it can take now (one batch of ``slots`` at a time)."""
+        return 0 if self._queue else self.slots
 
     def submit(self, keys: list[str], evaluator, programs: list[Program], seed: int) -> None:
         """Queue one batch of candidates."""
@@ -134,21 +148,58 @@ STARTUP_GRACE = 120.0
 """Seconds a local worker may take to start a task (spawn, imports) before it counts as hung."""
 
 
+STREAM_CHUNK = 64
+"""Batched steps a streaming worker trains between looks at its inbox."""
+
+
 def _worker_main(conn) -> None:
-    """A local worker: receive tasks, send back outcomes, until told to stop."""
+    """A local worker: receive tasks, send back outcomes, until told to stop.
+
+    A task marked for streaming joins the worker's :class:`StreamingEvaluation` (continuous
+    batching: the worker trains up to ``slots`` candidates at once and takes new ones as
+    others finish); its outcomes go back one by one as they are decided. Other tasks run
+    to the end at once (``_run_task``)."""
     import torch
 
     torch.set_num_threads(1)
+    stream, stream_ev, owner = None, None, {}
     while True:
+        busy = stream is not None and not stream.idle
         try:
-            msg = conn.recv()
+            msg = conn.recv() if not busy or conn.poll(0) else _NOTHING
         except EOFError:
             return
         if msg is None:
             return
-        keys, evaluator, programs_json, seed = msg
-        conn.send(STARTED)  # the timeout counts from here, not from a slow spawn or import
-        conn.send((keys, _run_task(evaluator, programs_json, seed)))
+        if msg is not _NOTHING:
+            task_id, keys, evaluator, programs_json, seed, slots = msg
+            conn.send((STARTED, task_id))  # the timeout counts from here, not from the spawn
+            if slots and (stream is None or stream.idle or stream_ev == evaluator):
+                if stream is None or stream_ev != evaluator:
+                    stream, stream_ev = evaluator.stream(slots), evaluator
+                start = time.perf_counter()
+                for key, text in zip(keys, programs_json):
+                    try:
+                        stream.add(Program.from_json(text), seed, key)
+                        owner[key] = task_id
+                    except Exception as e:
+                        conn.send((task_id, [key], [_crash(e, start)]))
+            else:
+                conn.send((task_id, keys, _run_task(evaluator, programs_json, seed)))
+            continue
+        start = time.perf_counter()
+        try:
+            done = stream.advance(STREAM_CHUNK)
+        except Exception as e:  # the evaluator's bug: every candidate in flight fails with it
+            for key, task_id in owner.items():
+                conn.send((task_id, [key], [_crash(e, start)]))
+            stream, stream_ev, owner = None, None, {}
+            continue
+        for key, out in done:
+            conn.send((owner.pop(key), [key], [out]))
+
+
+_NOTHING = object()
 
 
 class _Worker:
@@ -159,7 +210,11 @@ class _Worker:
                                 name=f"evorl-worker-{index}")
         self.proc.start()
         child.close()
-        self.task: Task | None = None
+        self.tasks: dict[int, Task] = {}
+        self.streaming = False
+
+    def in_flight(self) -> int:
+        return sum(len(t.left) for t in self.tasks.values())
 
     def kill(self) -> None:
         if self.proc.is_alive():
@@ -169,57 +224,145 @@ class _Worker:
 
 
 class LocalBackend:
-    """Trains candidates in ``workers`` spawned processes on this machine."""
+    """Trains candidates in ``workers`` spawned processes on this machine.
+
+    With ``slots`` > 1 and an evaluator that can stream (``ProgramEvaluator.stream``),
+    each worker trains up to ``slots`` candidates at once with continuous batching: a
+    candidate that finishes frees its slot for the next one at once, so a worker never
+    waits for the slowest member of a batch. Otherwise each worker trains one task (a
+    batch of up to ``slots`` candidates) at a time.
+    """
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, timeout: float | None = None):
+    def __init__(self, workers: int | None = None, timeout: float | None = None,
+                 slots: int = 1):
         self.ctx = mp.get_context("spawn")
         self.n = workers or os.cpu_count() or 1
         self.timeout = timeout
+        self.slots = max(1, int(slots))
         self._made = 0
+        self._ids = 0
         self.workers = [self._new() for _ in range(self.n)]
         self._retry: list[Task] = []
+        self._queued: list[Task] = []
         self._done: list[tuple[str, Outcome]] = []
 
     def _new(self) -> _Worker:
         self._made += 1
         return _Worker(self.ctx, self._made)
 
+    def _streams(self, task: Task) -> bool:
+        return self.slots > 1 and not task.alone and hasattr(task.evaluator, "stream")
+
+    def _room(self, w: _Worker) -> int:
+        """Candidates worker ``w`` can take now."""
+        if not w.tasks:
+            return self.slots
+        if not w.streaming:
+            return 0
+        return max(0, self.slots - w.in_flight())
+
     def free(self) -> int:
-        """Slots free for new tasks (retries take slots first)."""
-        return sum(w.task is None for w in self.workers) - len(self._retry)
+        """Candidates it can take now (0 while retries or queued tasks wait for room)."""
+        if self._retry or self._queued:
+            return 0
+        return sum(self._room(w) for w in self.workers)
 
     def submit(self, keys: list[str], evaluator, programs: list[Program], seed: int) -> None:
-        """Send one batch of candidates to a free worker."""
-        self._start(_task(keys, evaluator, programs, seed))
+        """Send a batch of candidates to the workers with room (queued if none has)."""
+        self._place(_task(keys, evaluator, programs, seed))
 
-    def _start(self, task: Task) -> None:
-        w = next(w for w in self.workers if w.task is None)
+    def _place(self, task: Task) -> bool:
+        """Start ``task`` (split over streaming workers as their room allows); False if no
+        worker can take any of it now."""
+        if self._streams(task):
+            while task.keys:
+                w = max(self.workers, key=self._room)
+                room = self._room(w)
+                if room <= 0:
+                    self._queued.append(task)
+                    return False
+                part, rest = task.keys[:room], task.keys[room:]
+                if rest:
+                    head = Task(part, task.evaluator, task.programs_json[:room], task.seed)
+                    task = Task(rest, task.evaluator, task.programs_json[room:], task.seed)
+                    self._start(head, w, stream=True)
+                else:
+                    self._start(task, w, stream=True)
+                    return True
+            return True
+        w = next((w for w in self.workers if not w.tasks), None)
+        if w is None:
+            (self._retry if task.alone else self._queued).append(task)
+            return False
+        self._start(task, w, stream=False)
+        return True
+
+    def _start(self, task: Task, w: _Worker, stream: bool) -> None:
         task.tries += 1
         task.started, task.running = time.time(), False
-        w.task = task
-        w.conn.send((task.keys, task.evaluator, task.programs_json, task.seed))
+        self._ids += 1
+        w.tasks[self._ids] = task
+        w.streaming = stream
+        w.conn.send((self._ids, task.keys, task.evaluator, task.programs_json, task.seed,
+                     self.slots if stream else 0))
 
     def _lost(self, w: _Worker, why: str) -> None:
-        """A worker died or hung: replace it, and retry its task once."""
-        task = w.task
+        """A worker died or hung: replace it, and retry what it had not finished once."""
+        tasks = [t.remaining() for t in w.tasks.values() if t.left]
         w.kill()
         self.workers[self.workers.index(w)] = self._new()
-        if task is None:
+        for task in tasks:
+            if len(task.keys) > 1:  # a batch that broke: each candidate gets two tries alone
+                self._retry.extend(task.split())
+            elif task.tries < 2:
+                task.alone = True
+                self._retry.append(task)
+            else:
+                self._done.extend(task.failed(f"{why} (twice)", f"local-{w.index}"))
+
+    def _receive(self, w: _Worker) -> None:
+        try:
+            msg = w.conn.recv()
+        except (EOFError, OSError):
+            self._lost(w, f"worker {w.index} died (exit code {w.proc.exitcode})")
             return
-        if task.tries < 2:
-            self._retry.extend(task.split() if len(task.keys) > 1 else [task])
-        else:
-            self._done.extend(task.failed(f"{why} (twice)", f"local-{w.index}"))
+        if msg[0] == STARTED:
+            task = w.tasks.get(msg[1])
+            if task is not None:
+                task.started, task.running = time.time(), True
+            return
+        task_id, keys, outs = msg
+        task = w.tasks.get(task_id)
+        for key, out in zip(keys, outs):
+            out.worker = out.worker or f"local-{w.index}"
+            self._done.append((key, out))
+            if task is not None:
+                task.left.discard(key)
+        if task is not None and not task.left:
+            del w.tasks[task_id]
+
+    def _hung(self, w: _Worker) -> bool:
+        if self.timeout is None:
+            return False
+        now = time.time()
+        return any(now - t.started > (self.timeout if t.running
+                                      else max(self.timeout, STARTUP_GRACE))
+                   for t in w.tasks.values())
 
     def wait(self, timeout: float | None = None) -> list[tuple[str, Outcome]]:
-        """Block until at least one task finishes (or ``timeout``); return finished outcomes."""
+        """Block until at least one candidate finishes (or ``timeout``); return outcomes."""
         deadline = None if timeout is None else time.time() + timeout
         while not self._done:
-            while self._retry and any(w.task is None for w in self.workers):
-                self._start(self._retry.pop(0))
-            busy = [w for w in self.workers if w.task is not None]
+            while self._retry:  # a retry needs a worker of its own
+                w = next((w for w in self.workers if not w.tasks), None)
+                if w is None:
+                    break
+                self._start(self._retry.pop(0), w, stream=False)
+            while self._queued and self._place(self._queued.pop(0)):
+                pass
+            busy = [w for w in self.workers if w.tasks]
             if not busy:
                 break
             tick = 1.0 if self.timeout is None else min(1.0, self.timeout)
@@ -228,23 +371,13 @@ class LocalBackend:
             ready = mp_wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], tick)
             for w in busy:
                 if w.conn in ready:
-                    try:
-                        msg = w.conn.recv()
-                    except (EOFError, OSError):
-                        self._lost(w, f"worker {w.index} died (exit code {w.proc.exitcode})")
-                        continue
-                    if msg == STARTED:
-                        w.task.started, w.task.running = time.time(), True
-                        continue
-                    keys, outs = msg
-                    for key, out in zip(keys, outs):
-                        out.worker = out.worker or f"local-{w.index}"
-                        self._done.append((key, out))
-                    w.task = None
+                    while w.tasks and w.conn.poll(0):
+                        self._receive(w)
+                        if w not in self.workers:  # lost while receiving
+                            break
                 elif w.proc.sentinel in ready or not w.proc.is_alive():
                     self._lost(w, f"worker {w.index} died (exit code {w.proc.exitcode})")
-                elif self.timeout is not None and time.time() - w.task.started > (
-                        self.timeout if w.task.running else max(self.timeout, STARTUP_GRACE)):
+                elif self._hung(w):
                     self._lost(w, f"worker {w.index} hung past the {self.timeout:g}s timeout")
             if deadline is not None and time.time() >= deadline:
                 break
@@ -269,7 +402,7 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, workers: int | None = None, timeout: float | None = None,
-                 address: str | None = None, **init_kwargs: Any):
+                 address: str | None = None, slots: int = 1, **init_kwargs: Any):
         try:
             import ray
         except ImportError:
@@ -280,14 +413,15 @@ class RayBackend:
                      **init_kwargs)
         self.n = workers or int(ray.cluster_resources().get("CPU", 1))
         self.timeout = timeout
+        self.slots = max(1, int(slots))
         self._remote = ray.remote(num_cpus=1, max_retries=0)(_run_task)
         self._running: dict[Any, Task] = {}
         self._retry: list[Task] = []
         self._done: list[tuple[str, Outcome]] = []
 
     def free(self) -> int:
-        """Slots free for new tasks."""
-        return self.n - len(self._running) - len(self._retry)
+        """Candidates it can take now (a task of up to ``slots`` per free worker)."""
+        return max(0, self.n - len(self._running) - len(self._retry)) * self.slots
 
     def submit(self, keys: list[str], evaluator, programs: list[Program], seed: int) -> None:
         """Start one batch of candidates as a Ray task."""
@@ -342,12 +476,13 @@ class RayBackend:
 
 
 def make_backend(name: str, workers: int | None = None, timeout: float | None = None,
-                 address: str | None = None):
-    """A backend by name: "inprocess", "local" or "ray"."""
+                 address: str | None = None, slots: int = 1):
+    """A backend by name: "inprocess", "local" or "ray"; ``slots``: candidates a worker
+    trains at once (the search's ``batch``)."""
     if name == "inprocess":
-        return InProcessBackend()
+        return InProcessBackend(slots)
     if name == "local":
-        return LocalBackend(workers, timeout)
+        return LocalBackend(workers, timeout, slots)
     if name == "ray":
-        return RayBackend(workers, timeout, address)
+        return RayBackend(workers, timeout, address, slots=slots)
     raise ValueError(f"unknown backend {name!r}; known: inprocess, local, ray")

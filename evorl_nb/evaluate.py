@@ -26,7 +26,8 @@ import numpy as np
 from evorl_nb.dqn import DQNConfig, EpisodeRecord, TrainResult, get_config, train
 from evorl_nb.envs import get_spec
 
-__all__ = ["evaluate", "evaluate_batch", "EvalResult", "EnvScore", "HURDLE", "TRAINING_ENVS", "env_seed"]
+__all__ = ["evaluate", "evaluate_batch", "StreamingEvaluation", "EvalResult", "EnvScore",
+           "HURDLE", "TRAINING_ENVS", "env_seed"]
 
 HURDLE = ("CartPole-v0", 0.6)
 """The paper's hurdle: CartPole first, and stop if its normalized score is below 0.6."""
@@ -133,45 +134,128 @@ def evaluate(program: Any, envs: Sequence[str] = TRAINING_ENVS,
 def evaluate_batch(programs: Sequence[Any], envs: Sequence[str] = TRAINING_ENVS,
                    config: DQNConfig | str = "quick", *, seeds: Sequence[int] | int = 0,
                    hurdle: tuple[str, float] | None = HURDLE, window: str = "all",
-                   progress: bool = False) -> list[EvalResult]:
+                   progress: bool = False, slots: int | None = None) -> list[EvalResult]:
     """Eval(L, E) for many programs at once with the population trainer.
 
-    Each env trains every program still in play as one batch (the hurdle env first; the
-    programs below the hurdle stop there). ``seeds`` is one seed for all programs (as a
-    search uses) or one per program. The results are in program order and mean what
-    :func:`evaluate` returns; at one program they are its results.
+    Each env trains the programs still in play together (the hurdle env first; the
+    programs below the hurdle stop there), ``slots`` at a time (default: all). ``seeds``
+    is one seed for all programs (as a search uses) or one per program. The results are
+    in program order and mean what :func:`evaluate` returns: each agent's run is the one
+    :func:`evaluate` would train (to float rounding), whatever the batch.
     """
-    from evorl_nb.population import train_population
-
-    if window not in ("all", "last50"):
-        raise ValueError(f"window must be 'all' or 'last50', got {window!r}")
-    config = get_config(config) if isinstance(config, str) else config
     programs = list(programs)
     seeds = [int(seeds)] * len(programs) if isinstance(seeds, (int, np.integer)) else list(seeds)
     if len(seeds) != len(programs):
         raise ValueError(f"need one seed per program: {len(programs)} programs, {len(seeds)} seeds")
-    order = _order(envs, hurdle[0] if hurdle else None)
-    start = time.perf_counter()
-    scores: list[dict[str, EnvScore]] = [{} for _ in programs]
-    passed: list[bool | None] = [None if hurdle is None else True for _ in programs]
-    stopped: list[str | None] = [None for _ in programs]
-    for k_env, env_id in enumerate(order):
-        spec = get_spec(env_id)
-        playing = [i for i in range(len(programs)) if passed[i] is not False]
-        if not playing:
-            break
-        runs = train_population([programs[i] for i in playing], env_id, config,
-                                seeds=[env_seed(seeds[i], env_id) for i in playing],
-                                progress=progress)
-        fs = config.failure_score
-        for i, run in zip(playing, runs):
-            s = EnvScore(env_id, run.score(spec, window, fs), run.score(spec, "all", fs),
-                         run.score(spec, "last50", fs), run)
-            scores[i][env_id] = s
-            if hurdle is not None and k_env == 0 and s.score < hurdle[1]:
-                passed[i] = False
-                stopped[i] = f"below the hurdle on {env_id}: {s.score:.3f} < {hurdle[1]}"
-    wall = time.perf_counter() - start
-    return [EvalResult(sc, sum(s.score for s in sc.values()), passed[i], stopped[i],
-                       sum(s.run.steps for s in sc.values()), wall)
-            for i, sc in enumerate(scores)]
+    stream = StreamingEvaluation(envs, config, hurdle=hurdle, window=window,
+                                 slots=slots or max(1, len(programs)))
+    try:
+        for i, (p, s) in enumerate(zip(programs, seeds)):
+            stream.add(p, s, key=i)
+        done = dict(stream.advance(progress=progress))
+    finally:
+        stream.close()
+    return [done[i] for i in range(len(programs))]
+
+
+class StreamingEvaluation:
+    """Eval(L, E) for a stream of candidates, with continuous batching.
+
+    ``add(program, seed, key)`` queues a candidate; ``advance()`` trains and returns the
+    ``(key, EvalResult)`` of the candidates that finished. Each env has its own
+    :class:`evorl_nb.population.Population` of ``slots`` agents; a candidate enters the
+    first env (the hurdle) and moves to the next one as soon as its run there ends, so
+    every env's batch stays full while candidates come and go. A search worker keeps one
+    of these and feeds it new candidates as slots free up.
+
+    >>> from evorl_nb import library
+    >>> ev = StreamingEvaluation(["CartPole-v0"], "ci", hurdle=None, slots=2)
+    >>> for name in ["dqn", "ddqn", "dqn_reg"]:
+    ...     _ = ev.add(library.get(name), seed=0, key=name)
+    >>> sorted(key for key, _ in ev.advance())
+    ['ddqn', 'dqn', 'dqn_reg']
+    """
+
+    def __init__(self, envs: Sequence[str] = TRAINING_ENVS, config: DQNConfig | str = "quick",
+                 *, hurdle: tuple[str, float] | None = HURDLE, window: str = "all",
+                 slots: int = 8):
+        if window not in ("all", "last50"):
+            raise ValueError(f"window must be 'all' or 'last50', got {window!r}")
+        self.config = get_config(config) if isinstance(config, str) else config
+        self.order = _order(envs, hurdle[0] if hurdle else None)
+        self.hurdle, self.window, self.slots = hurdle, window, int(slots)
+        self._pops: dict[str, Any] = {}
+        self._cands: dict[Any, dict] = {}
+        self._added = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Candidates added and not yet returned."""
+        return len(self._cands)
+
+    @property
+    def idle(self) -> bool:
+        """True when no candidate is training or queued."""
+        return not self._cands
+
+    def add(self, program: Any, seed: int = 0, key: Any = None) -> Any:
+        """Queue a candidate; returns its key (by default the count of earlier adds)."""
+        key = self._added if key is None else key
+        if key in self._cands:
+            raise ValueError(f"candidate key {key!r} is already in flight")
+        self._added += 1
+        self._cands[key] = {"program": program, "seed": int(seed), "scores": {}, "stage": 0,
+                            "start": time.perf_counter()}
+        self._enter(key)
+        return key
+
+    def _enter(self, key: Any) -> None:
+        from evorl_nb.population import Population
+
+        c = self._cands[key]
+        env_id = self.order[c["stage"]]
+        pop = self._pops.get(env_id)
+        if pop is None:
+            pop = self._pops[env_id] = Population(env_id, self.config, self.slots)
+        pop.add(c["program"], env_seed(c["seed"], env_id), key=key)
+
+    def advance(self, max_steps: int | None = None, *,
+                progress: bool = False) -> list[tuple[Any, EvalResult]]:
+        """Train every env's population (all the way, or ``max_steps`` batched steps each)
+        and return the candidates whose evaluation ended."""
+        out: list[tuple[Any, EvalResult]] = []
+        while True:
+            for env_id in self.order:
+                pop = self._pops.get(env_id)
+                if pop is None or pop.idle:
+                    continue
+                for key, run in pop.advance(max_steps, progress=progress):
+                    done = self._finished_run(key, env_id, run)
+                    if done is not None:
+                        out.append((key, done))
+            if max_steps is not None or self.idle:
+                return out
+
+    def _finished_run(self, key: Any, env_id: str, run: TrainResult) -> EvalResult | None:
+        c = self._cands[key]
+        spec, fs = get_spec(env_id), self.config.failure_score
+        s = EnvScore(env_id, run.score(spec, self.window, fs), run.score(spec, "all", fs),
+                     run.score(spec, "last50", fs), run)
+        c["scores"][env_id] = s
+        passed, stopped = (None if self.hurdle is None else True), None
+        if self.hurdle is not None and c["stage"] == 0 and s.score < self.hurdle[1]:
+            passed = False
+            stopped = f"below the hurdle on {env_id}: {s.score:.3f} < {self.hurdle[1]}"
+        elif c["stage"] + 1 < len(self.order):
+            c["stage"] += 1
+            self._enter(key)
+            return None
+        del self._cands[key]
+        sc = c["scores"]
+        return EvalResult(sc, sum(v.score for v in sc.values()), passed, stopped,
+                          sum(v.run.steps for v in sc.values()), time.perf_counter() - c["start"])
+
+    def close(self) -> None:
+        """Release every env's population."""
+        for pop in self._pops.values():
+            pop.close()

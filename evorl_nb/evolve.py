@@ -64,8 +64,9 @@ class EvolutionConfig:
     eval_seed: int = 0
     """Training seed of every candidate (one seed for all, so the cache is consistent)."""
     batch: int = 8
-    """Candidates a worker trains together with the population trainer (1: one at a time
-    with dqn.train). Larger batches use the CPU far better; each batch is one task."""
+    """Candidates a worker trains at once with the population trainer (1: one at a time
+    with dqn.train). Local workers use continuous batching: a finished candidate's slot
+    goes to the next one at once. A candidate's score does not depend on its batch."""
 
     def to_dict(self) -> dict:
         """JSON-ready form (stored with a run)."""
@@ -176,6 +177,36 @@ class ProgramEvaluator:
                                  hurdle=tuple(self.hurdle) if self.hurdle else None,
                                  window=self.window)
         return [_outcome(r) for r in results]
+
+
+    def stream(self, slots: int) -> "OutcomeStream":
+        """A continuous-batching evaluator for a worker: ``add(program, seed, key)`` while it
+        trains, ``advance(max_steps)`` returns finished ``(key, Outcome)`` pairs."""
+        from evorl_nb.evaluate import StreamingEvaluation
+
+        return OutcomeStream(StreamingEvaluation(
+            self.envs, self.trainer_config(), hurdle=tuple(self.hurdle) if self.hurdle else None,
+            window=self.window, slots=slots))
+
+
+class OutcomeStream:
+    """:class:`evorl_nb.evaluate.StreamingEvaluation` giving search :class:`Outcome`s."""
+
+    def __init__(self, evaluation):
+        self.evaluation = evaluation
+
+    @property
+    def idle(self) -> bool:
+        """True when no candidate is training or queued."""
+        return self.evaluation.idle
+
+    def add(self, program: Program, seed: int, key: Any) -> None:
+        """Queue a candidate."""
+        self.evaluation.add(program, seed, key)
+
+    def advance(self, max_steps: int | None = None) -> list[tuple[Any, Outcome]]:
+        """Train a while; the candidates whose evaluation ended, as Outcomes."""
+        return [(k, _outcome(r)) for k, r in self.evaluation.advance(max_steps)]
 
 
 def _outcome(r) -> Outcome:

@@ -109,7 +109,8 @@ def drive(store: RunStore, evo: Evolution, backend: str = "inprocess", *,
           evaluator: Callable | None = None, progress: bool = True, verbose: bool = True) -> None:
     """Run ``evo`` to its budget, training candidates on ``backend`` and recording them."""
     evaluator = evaluator or ProgramEvaluator.from_config(evo.config)
-    be = make_backend(backend, workers, timeout, address)
+    size = max(1, int(getattr(evo.config, "batch", 1)))
+    be = make_backend(backend, workers, timeout, address, slots=size)
     inflight: dict[str, Proposal] = {}
     stats = _Stats(evo)
     bar = None
@@ -134,11 +135,10 @@ def drive(store: RunStore, evo: Evolution, backend: str = "inprocess", *,
             bar.set_postfix(stats.postfix(), refresh=False)
 
     try:
-        size = max(1, int(getattr(evo.config, "batch", 1)))
         while not evo.done:
-            while be.free() > 0:
+            while (room := be.free()) > 0:
                 batch, exhausted = [], False
-                while len(batch) < size:  # a batch of new candidates for one worker
+                while len(batch) < min(size, room):  # new candidates for the free slots
                     prop = evo.ask()
                     if prop is None:
                         exhausted = True

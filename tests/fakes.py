@@ -87,3 +87,41 @@ class SlowToStart:
 
         self.__dict__.update(state)
         time.sleep(self.delay)
+
+
+@dataclass(frozen=True)
+class FakeStreamingEvaluator(FakeEvaluator):
+    """FakeEvaluator with the streaming interface of ProgramEvaluator.stream: a candidate
+    "trains" for 1-4 advance calls (read off its fingerprint), then is scored (and may
+    crash or hang) as FakeEvaluator scores it. Its scores record how many candidates the
+    stream held when it joined ("in_flight")."""
+
+    def stream(self, slots: int):
+        return _FakeStream(self, slots)
+
+
+class _FakeStream:
+    def __init__(self, evaluator, slots):
+        self.evaluator, self.slots = evaluator, slots
+        self.items: dict = {}  # key -> [program, seed, calls left, in flight when added]
+
+    @property
+    def idle(self) -> bool:
+        return not self.items
+
+    def add(self, program, seed, key) -> None:
+        calls = 1 + int(program.fingerprint()[8:10], 16) % 4
+        self.items[key] = [program, seed, calls, len(self.items) + 1]
+
+    def advance(self, max_steps=None):
+        done = []
+        for key, item in list(self.items.items()):
+            item[2] -= 1
+            if item[2] <= 0:
+                out = self.evaluator(item[0], item[1])
+                out.scores["in_flight"] = float(item[3])
+                done.append((key, out))
+                del self.items[key]
+        if self.evaluator.sleep:
+            time.sleep(self.evaluator.sleep)
+        return done

@@ -13,9 +13,10 @@ import pytest
 
 from evorl_nb import library
 from evorl_nb.evolve import Evolution, ProgramEvaluator, get_preset, iterate
+from evorl_nb.program import Program
 from evorl_nb.runner import resume, start
 from evorl_nb.store import RunStore, load_run
-from fakes import FakeEvaluator, SlowToStart, fake_fitness
+from fakes import FakeEvaluator, FakeStreamingEvaluator, SlowToStart, fake_fitness
 
 TESTS = Path(__file__).parent
 
@@ -238,3 +239,51 @@ def test_best_distinct_keeps_one_row_per_loss(tmp_path):
     assert len(distinct) == 5 and not distinct.fingerprint.duplicated().any()
     firsts = every.drop_duplicates("fingerprint").head(5)  # each loss's best-ranked row
     assert list(distinct.id) == list(firsts.id)
+
+
+def test_local_backend_streams_candidates_through_worker_slots(tmp_path):
+    """With batch > 1 and a streaming evaluator, each worker holds up to `batch`
+    candidates and takes new ones as others finish (no batch barrier)."""
+    ev = FakeStreamingEvaluator(sleep=0.01)
+    path = start(tmp_path / "stream", tiny(candidates=24, batch=3), seed=0, backend="local",
+                 workers=2, evaluator=ev, progress=False, verbose=False)
+    df = load_run(path).candidates
+    trained = df[df.status == "trained"]
+    assert len(df) == 24 and (df.status != "failed").all()
+    held = trained["score:in_flight"]
+    assert held.max() <= 3 and held.max() > 1  # slots were shared, never over-filled
+    assert set(trained.worker) == {"local-1", "local-2"}
+
+
+def test_streaming_worker_death_retries_its_candidates_alone(tmp_path):
+    """A streaming worker that dies takes its co-tenants down: they are retried on a worker
+    of their own (not counted against them), and only the culprit fails twice."""
+    always = FakeStreamingEvaluator(crash_every=1, spare=(DQN_FP,))
+    path = start(tmp_path / "always", tiny(candidates=8, batch=3), seed=0, backend="local",
+                 workers=2, evaluator=always, progress=False, verbose=False)
+    df = load_run(path).candidates
+    failed = df[df.status == "failed"]
+    assert len(df) == 8 and len(failed) >= 1 and (df.status == "trained").sum() == 1
+    assert failed.reason.str.contains("died").all()
+    marker_dir = tmp_path / "markers"
+    marker_dir.mkdir()
+    once = FakeStreamingEvaluator(crash_every=1, spare=(DQN_FP,), crash_once_dir=str(marker_dir))
+    path = start(tmp_path / "once", tiny(candidates=10, batch=3), seed=0, backend="local",
+                 workers=2, evaluator=once, progress=False, verbose=False)
+    df = load_run(path).candidates
+    assert len(df) == 10 and (df.status != "failed").all()
+
+
+def test_a_candidates_score_does_not_depend_on_its_batch(tmp_path):
+    """A real search on local streaming workers: every trained candidate scores exactly
+    what it scores trained alone with the search's seed (per-agent random streams)."""
+    cfg = get_preset("ci", candidates=10, batch=3)
+    path = start(tmp_path / "real", cfg, seed=0, backend="local", workers=2, progress=False,
+                 verbose=False)
+    df = load_run(path).candidates
+    trained = df[df.status == "trained"]
+    assert len(df) == 10 and len(trained) >= 3 and (df.status != "failed").all()
+    alone = ProgramEvaluator.from_config(cfg)
+    for _, row in trained.iterrows():
+        solo = alone(Program.from_json(row.program), cfg.eval_seed)
+        assert row.fitness == pytest.approx(solo.fitness, abs=1e-9), row.program
