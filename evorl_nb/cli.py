@@ -235,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
     v.add_argument("--candidates", type=int, default=None, help="override the candidate budget")
     v.add_argument("--batch", type=int, default=None,
-                   help="candidates each worker trains together (population trainer); "
-                        "1 trains them one at a time (default: the preset's)")
+                   help="candidates each worker trains at once (population trainer; local "
+                        "workers refill a finished candidate's slot at once); 1 trains them "
+                        "one at a time (default: the preset's)")
     v.add_argument("--space", default=None, choices=["bootstrap", "scratch"],
                    help="override the search space")
     v.add_argument("--seed-run", default=None,

@@ -141,21 +141,17 @@ def evaluate_batch(programs: Sequence[Any], envs: Sequence[str] = TRAINING_ENVS,
     programs below the hurdle stop there), ``slots`` at a time (default: all). ``seeds``
     is one seed for all programs (as a search uses) or one per program. The results are
     in program order and mean what :func:`evaluate` returns: each agent's run is the one
-    :func:`evaluate` would train (to float rounding), whatever the batch.
+    :func:`evaluate` would train (up to float rounding), whatever the batch.
     """
     programs = list(programs)
     seeds = [int(seeds)] * len(programs) if isinstance(seeds, (int, np.integer)) else list(seeds)
     if len(seeds) != len(programs):
         raise ValueError(f"need one seed per program: {len(programs)} programs, {len(seeds)} seeds")
+    from evorl_nb.population import run_in_order
+
     stream = StreamingEvaluation(envs, config, hurdle=hurdle, window=window,
                                  slots=slots or max(1, len(programs)))
-    try:
-        for i, (p, s) in enumerate(zip(programs, seeds)):
-            stream.add(p, s, key=i)
-        done = dict(stream.advance(progress=progress))
-    finally:
-        stream.close()
-    return [done[i] for i in range(len(programs))]
+    return run_in_order(stream, programs, seeds, progress)
 
 
 class StreamingEvaluation:

@@ -66,7 +66,8 @@ class EvolutionConfig:
     batch: int = 8
     """Candidates a worker trains at once with the population trainer (1: one at a time
     with dqn.train). Local workers use continuous batching: a finished candidate's slot
-    goes to the next one at once. A candidate's score does not depend on its batch."""
+    goes to the next one at once. A candidate's score does not depend on its batch (up
+    to float rounding)."""
 
     def to_dict(self) -> dict:
         """JSON-ready form (stored with a run)."""

@@ -430,7 +430,8 @@ class Population:
     replay buffer, target-update schedule, Adam step count and random streams (seeded by
     its own seed exactly as :func:`evorl_nb.dqn.train` seeds them), so its run does not
     depend on its companions or on when it got its slot: it is the single trainer's run,
-    to float rounding.
+    up to float rounding (which over thousands of updates may flip a greedy action, after
+    which the two runs part).
 
     >>> from evorl_nb import library
     >>> pop = Population("CartPole-v1", "ci", slots=2)
@@ -529,9 +530,8 @@ class Population:
         if progress:
             from tqdm.auto import tqdm
 
-            total = self.steps_budget if (self.steps_budget < 10**12 and not self.queue
-                                          or self.running == 0 and len(self.queue) <= self.slots
-                                          and self.steps_budget < 10**12) else None
+            one_wave = len(self.queue) <= self.slots - self.running  # else: unknown length
+            total = self.steps_budget if self.steps_budget < 10**12 and one_wave else None
             bar = tqdm(total=total, unit="step", leave=False,
                        desc=f"{self.running + self.pending} agents on {self.spec.env_id}")
         n = 0
@@ -850,13 +850,19 @@ def train_population(programs: Sequence[Program], env_id: str,
         raise ValueError(f"need one seed per program: {K} programs, {len(seeds)} seeds")
     pop = Population(env_id, config, min(K, slots or K), vectorized=vectorized,
                      compact=compact, callback=callback)
+    return run_in_order(pop, programs, seeds, progress)
+
+
+def run_in_order(trainer, programs: Sequence, seeds: Sequence[int], progress: bool = False) -> list:
+    """Add ``programs`` (keys 0..n-1) to a :class:`Population`-like ``trainer``, run it to
+    the end, close it, and return the results in program order."""
     try:
         for k, (p, s) in enumerate(zip(programs, seeds)):
-            pop.add(p, s, key=k)
-        done = dict(pop.advance(progress=progress))
+            trainer.add(p, s, key=k)
+        done = dict(trainer.advance(progress=progress))
     finally:
-        pop.close()
-    return [done[k] for k in range(K)]
+        trainer.close()
+    return [done[k] for k in range(len(programs))]
 
 
 def _decode(raw: np.ndarray, divisor, device) -> torch.Tensor:
