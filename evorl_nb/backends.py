@@ -110,31 +110,86 @@ def _task(keys, evaluator, programs, seed) -> Task:
     return Task(list(keys), evaluator, [p.to_json() for p in programs], seed)
 
 
+class _StreamHost:
+    """Candidates in continuous-batching training (an evaluator's ``stream``), each with
+    the tag of the task it came in (shared by local workers and the in-process backend)."""
+
+    def __init__(self):
+        self.stream, self.evaluator, self.owner = None, None, {}
+
+    @property
+    def idle(self) -> bool:
+        return self.stream is None or self.stream.idle
+
+    def accepts(self, evaluator) -> bool:
+        """Whether ``evaluator``'s candidates can join (same evaluator, or nothing running)."""
+        return self.idle or self.evaluator == evaluator
+
+    def add(self, tag, keys, evaluator, programs_json, seed, slots) -> list[tuple]:
+        """Queue candidates; returns (tag, key, Outcome) for programs that would not load."""
+        if self.stream is None or self.evaluator != evaluator:
+            self.stream, self.evaluator = evaluator.stream(slots), evaluator
+        start, bad = time.perf_counter(), []
+        for key, text in zip(keys, programs_json):
+            try:
+                self.stream.add(Program.from_json(text), seed, key)
+                self.owner[key] = tag
+            except Exception as e:
+                bad.append((tag, key, _crash(e, start)))
+        return bad
+
+    def advance(self, steps: int) -> list[tuple]:
+        """Train ``steps`` batched steps; (tag, key, Outcome) of the candidates decided. An
+        exception from the evaluator fails every candidate in flight, never the caller."""
+        start = time.perf_counter()
+        try:
+            done = self.stream.advance(steps)
+        except Exception as e:
+            out = [(tag, key, _crash(e, start)) for key, tag in self.owner.items()]
+            self.stream, self.evaluator, self.owner = None, None, {}
+            return out
+        return [(self.owner.pop(key), key, out) for key, out in done]
+
+
 class InProcessBackend:
-    """Trains candidates one at a time in this process (deterministic; the notebook default)."""
+    """Trains candidates in this process (deterministic; the notebook default): with
+    ``slots`` > 1 and a streaming evaluator, up to ``slots`` at once with continuous
+    batching; otherwise one batch at a time."""
 
     name = "inprocess"
 
     def __init__(self, slots: int = 1):
         self.slots = max(1, int(slots))
         self._queue: list[Task] = []
+        self._host = _StreamHost()
+        self._done: list[tuple[str, Outcome]] = []
 
     def free(self) -> int:
-        """Candidates it can take now (one batch of ``slots`` at a time)."""
-        return 0 if self._queue else self.slots
+        """Candidates it can take now."""
+        if self._queue:
+            return 0
+        return max(0, self.slots - len(self._host.owner))
 
     def submit(self, keys: list[str], evaluator, programs: list[Program], seed: int) -> None:
-        """Queue one batch of candidates."""
-        self._queue.append(_task(keys, evaluator, programs, seed))
+        """Add candidates to the stream, or queue them as one batch."""
+        task = _task(keys, evaluator, programs, seed)
+        if self.slots > 1 and hasattr(evaluator, "stream") and self._host.accepts(evaluator):
+            for _, key, out in self._host.add(None, task.keys, evaluator, task.programs_json,
+                                              seed, self.slots):
+                self._done.append((key, out))
+        else:
+            self._queue.append(task)
 
     def wait(self, timeout: float | None = None) -> list[tuple[str, Outcome]]:
-        """Train the queued batch and return its outcomes."""
-        done = []
+        """Train until at least one candidate is decided; return the decided ones."""
+        done, self._done = self._done, []
         while self._queue:
             t = self._queue.pop(0)
-            for key, out in zip(t.keys, _run_task(t.evaluator, t.programs_json, t.seed)):
-                out.worker = out.worker or "main"
-                done.append((key, out))
+            done.extend(zip(t.keys, _run_task(t.evaluator, t.programs_json, t.seed)))
+        while not done and not self._host.idle:
+            done.extend((key, out) for _, key, out in self._host.advance(STREAM_CHUNK))
+        for _, out in done:
+            out.worker = out.worker or "main"
         return done
 
     def close(self) -> None:
@@ -162,11 +217,10 @@ def _worker_main(conn) -> None:
     import torch
 
     torch.set_num_threads(1)
-    stream, stream_ev, owner = None, None, {}
+    host = _StreamHost()
     while True:
-        busy = stream is not None and not stream.idle
         try:
-            msg = conn.recv() if not busy or conn.poll(0) else _NOTHING
+            msg = conn.recv() if host.idle or conn.poll(0) else _NOTHING
         except EOFError:
             return
         if msg is None:
@@ -174,29 +228,15 @@ def _worker_main(conn) -> None:
         if msg is not _NOTHING:
             task_id, keys, evaluator, programs_json, seed, slots = msg
             conn.send((STARTED, task_id))  # the timeout counts from here, not from the spawn
-            if slots and (stream is None or stream.idle or stream_ev == evaluator):
-                if stream is None or stream_ev != evaluator:
-                    stream, stream_ev = evaluator.stream(slots), evaluator
-                start = time.perf_counter()
-                for key, text in zip(keys, programs_json):
-                    try:
-                        stream.add(Program.from_json(text), seed, key)
-                        owner[key] = task_id
-                    except Exception as e:
-                        conn.send((task_id, [key], [_crash(e, start)]))
+            if slots and host.accepts(evaluator):
+                for tag, key, out in host.add(task_id, keys, evaluator, programs_json, seed,
+                                              slots):
+                    conn.send((tag, [key], [out]))
             else:
                 conn.send((task_id, keys, _run_task(evaluator, programs_json, seed)))
             continue
-        start = time.perf_counter()
-        try:
-            done = stream.advance(STREAM_CHUNK)
-        except Exception as e:  # the evaluator's bug: every candidate in flight fails with it
-            for key, task_id in owner.items():
-                conn.send((task_id, [key], [_crash(e, start)]))
-            stream, stream_ev, owner = None, None, {}
-            continue
-        for key, out in done:
-            conn.send((owner.pop(key), [key], [out]))
+        for tag, key, out in host.advance(STREAM_CHUNK):
+            conn.send((tag, [key], [out]))
 
 
 _NOTHING = object()

@@ -287,3 +287,18 @@ def test_a_candidates_score_does_not_depend_on_its_batch(tmp_path):
     for _, row in trained.iterrows():
         solo = alone(Program.from_json(row.program), cfg.eval_seed)
         assert row.fitness == pytest.approx(solo.fitness, abs=1e-9), row.program
+
+
+def test_inprocess_backend_streams_deterministically(tmp_path):
+    """The notebook default streams too (batch > 1): slots shared, never over-filled, and
+    two runs with the same seed record the same candidates in the same order."""
+    ev = FakeStreamingEvaluator()
+    runs = []
+    for name in ("a", "b"):
+        path = start(tmp_path / name, tiny(candidates=20, batch=3), seed=1, evaluator=ev,
+                     progress=False, verbose=False)
+        runs.append(load_run(path).candidates)
+    a, b = runs
+    held = a.loc[a.status == "trained", "score:in_flight"]
+    assert held.max() == 3 and (a.loc[a.status == "trained", "worker"] == "main").all()
+    assert list(a.proposal) == list(b.proposal) and list(a.fitness) == list(b.fitness)
