@@ -47,7 +47,7 @@ class Task:
     """Whether a local worker has acknowledged the current try (see ``STARTED``)."""
     alone: bool = False
     """Train it on a worker of its own (a retry: it may be what broke its last worker)."""
-    left: set[str] = field(default_factory=set)
+    left: set[str] = field(init=False)
     """Keys whose outcome has not come back yet (a streaming worker returns them one by one)."""
 
     def __post_init__(self):

@@ -267,6 +267,14 @@ def _budget(config: DQNConfig, spec: EnvSpec) -> tuple[int | None, int]:
     return episodes, cap
 
 
+def _eps_decay(config: DQNConfig, spec: EnvSpec) -> int:
+    """Steps over which epsilon falls from eps_start to eps_end for this env and config."""
+    decay = config.eps_decay_steps or spec.epsilon_decay_steps
+    if config.max_eps_decay_steps is not None:
+        decay = min(decay, config.max_eps_decay_steps)
+    return decay
+
+
 @contextlib.contextmanager
 def _threads(n: int):
     old = torch.get_num_threads()
@@ -295,9 +303,7 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
     obs_dim = int(np.prod(env.observation_space.shape))
     n_actions = int(env.action_space.n)
     episodes_budget, steps_budget = _budget(config, spec)
-    decay = config.eps_decay_steps or spec.epsilon_decay_steps
-    if config.max_eps_decay_steps is not None:
-        decay = min(decay, config.max_eps_decay_steps)
+    decay = _eps_decay(config, spec)
     result = TrainResult(spec.env_id, seed)
     start = time.perf_counter()
     bar, by_steps = None, True

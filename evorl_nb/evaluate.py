@@ -50,6 +50,14 @@ class EnvScore:
     run: TrainResult = field(repr=False)
     """The full training record (episodes, Q tracking, failure reason)."""
 
+    @classmethod
+    def of(cls, run: TrainResult, window: str, failure_score: float) -> EnvScore:
+        """The scores of one training run (``failure_score`` for a failed run)."""
+        spec = get_spec(run.env_id)
+        return cls(spec.env_id, run.score(spec, window, failure_score),
+                   run.score(spec, "all", failure_score), run.score(spec, "last50", failure_score),
+                   run)
+
 
 @dataclass
 class EvalResult:
@@ -77,6 +85,19 @@ class EvalResult:
     def reasons(self) -> dict[str, str]:
         """Failure reasons by environment."""
         return {k: s.run.reason for k, s in self.scores.items() if s.run.reason}
+
+
+def _below_hurdle(hurdle: tuple[str, float] | None, s: EnvScore) -> str | None:
+    """Why the evaluation stops after the hurdle env's score ``s``, or None if it goes on."""
+    if hurdle is not None and s.score < hurdle[1]:
+        return f"below the hurdle on {s.env_id}: {s.score:.3f} < {hurdle[1]}"
+    return None
+
+
+def _result(scores: dict[str, EnvScore], passed: bool | None, stopped: str | None,
+            wall: float) -> EvalResult:
+    return EvalResult(scores, sum(v.score for v in scores.values()), passed, stopped,
+                      sum(v.run.steps for v in scores.values()), wall)
 
 
 def env_seed(seed: int, env_id: str) -> int:
@@ -116,19 +137,15 @@ def evaluate(program: Any, envs: Sequence[str] = TRAINING_ENVS,
     scores: dict[str, EnvScore] = {}
     passed, stopped = (None if hurdle is None else True), None
     for k, env_id in enumerate(order):
-        spec = get_spec(env_id)
         cb = None if callback is None else (lambda rec, e=env_id: callback(e, rec))
         run = train(program, env_id, config, seed=env_seed(seed, env_id), callback=cb,
                     progress=progress)
-        fs = config.failure_score
-        scores[env_id] = EnvScore(env_id, run.score(spec, window, fs), run.score(spec, "all", fs),
-                                  run.score(spec, "last50", fs), run)
-        if hurdle is not None and k == 0 and scores[env_id].score < hurdle[1]:
+        scores[env_id] = EnvScore.of(run, window, config.failure_score)
+        stopped = _below_hurdle(hurdle, scores[env_id]) if k == 0 else None
+        if stopped:
             passed = False
-            stopped = f"below the hurdle on {env_id}: {scores[env_id].score:.3f} < {hurdle[1]}"
             break
-    return EvalResult(scores, sum(s.score for s in scores.values()), passed, stopped,
-                      sum(s.run.steps for s in scores.values()), time.perf_counter() - start)
+    return _result(scores, passed, stopped, time.perf_counter() - start)
 
 
 def evaluate_batch(programs: Sequence[Any], envs: Sequence[str] = TRAINING_ENVS,
@@ -234,22 +251,17 @@ class StreamingEvaluation:
 
     def _finished_run(self, key: Any, env_id: str, run: TrainResult) -> EvalResult | None:
         c = self._cands[key]
-        spec, fs = get_spec(env_id), self.config.failure_score
-        s = EnvScore(env_id, run.score(spec, self.window, fs), run.score(spec, "all", fs),
-                     run.score(spec, "last50", fs), run)
-        c["scores"][env_id] = s
-        passed, stopped = (None if self.hurdle is None else True), None
-        if self.hurdle is not None and c["stage"] == 0 and s.score < self.hurdle[1]:
+        s = c["scores"][env_id] = EnvScore.of(run, self.window, self.config.failure_score)
+        passed = None if self.hurdle is None else True
+        stopped = _below_hurdle(self.hurdle, s) if c["stage"] == 0 else None
+        if stopped:
             passed = False
-            stopped = f"below the hurdle on {env_id}: {s.score:.3f} < {self.hurdle[1]}"
         elif c["stage"] + 1 < len(self.order):
             c["stage"] += 1
             self._enter(key)
             return None
         del self._cands[key]
-        sc = c["scores"]
-        return EvalResult(sc, sum(v.score for v in sc.values()), passed, stopped,
-                          sum(v.run.steps for v in sc.values()), time.perf_counter() - c["start"])
+        return _result(c["scores"], passed, stopped, time.perf_counter() - c["start"])
 
     def close(self) -> None:
         """Release every env's population."""

@@ -55,6 +55,7 @@ from evorl_nb.dqn import (
     QNetwork,
     TrainResult,
     _budget,
+    _eps_decay,
     _threads,
     get_config,
 )
@@ -129,11 +130,6 @@ class StackedQ:
         """The networks of ``agents`` only (differentiable: gradients reach these tensors)."""
         return StackedQ([w.index_select(0, agents) for w in self.weights],
                         [b.index_select(0, agents) for b in self.biases])
-
-    def frozen_copy(self) -> StackedQ:
-        """A detached copy (the target network)."""
-        return StackedQ([w.detach().clone() for w in self.weights],
-                        [b.detach().clone() for b in self.biases])
 
     def copy_from(self, other: StackedQ) -> None:
         """Overwrite these tensors with ``other``'s values (a hard target update)."""
@@ -395,10 +391,6 @@ class LossPlan:
                 banks[cls] = torch.cat([banks[cls], *outs]) if cls in banks else torch.cat(outs)
         return banks["Rg"].index_select(0, self._out_rows).mean(-1)
 
-    def subset(self, keep: Sequence[int]) -> LossPlan:
-        """The plan of the programs at positions ``keep`` (agents dropped from a batch)."""
-        return LossPlan([self.programs[k] for k in keep]).to(self._device)
-
 
 # --- the trainer -------------------------------------------------------------------------------
 
@@ -457,10 +449,7 @@ class Population:
         self.env = make_vector_env(spec.env_id, S, vectorized=vectorized)
         self.n_actions, self.obs_dim = self.env.n_actions, self.env.obs_dim
         self.episodes_budget, self.steps_budget = _budget(config, spec)
-        decay = config.eps_decay_steps or spec.epsilon_decay_steps
-        if config.max_eps_decay_steps is not None:
-            decay = min(decay, config.max_eps_decay_steps)
-        self.decay = decay
+        self.decay = _eps_decay(config, spec)
         self.divisor = (None if self.env.obs_divisor is None else
                         torch.as_tensor(self.env.obs_divisor, dtype=torch.float32,
                                         device=self.device))
@@ -569,7 +558,7 @@ class Population:
     def _relayout(self, fill: list[tuple[int, _Agent]]) -> None:
         """Rebuild the learner for the rows still training plus the agents in ``fill``."""
         cfg, dev = self.config, self.device
-        keep = np.flatnonzero(self.active[self.rows])
+        keep = np.flatnonzero(self.active[self.rows])  # learner rows that go on training
         new_slots = np.asarray([s for s, _ in fill], np.int64)
         for s, a in fill:
             self.agents[s] = a
@@ -579,46 +568,42 @@ class Population:
             self.ret[s] = self.disc[s] = self.loss_sum[s] = self.q_sum[s] = 0.0
             self.need_q0[s] = True
             self.replay.reset(s)
-        if fill:
-            seeds = [a.env_seed for _, a in fill]
-            if self.raw is None:  # first episode of every slot (empty slots get seed 0)
-                all_seeds = [0] * self.slots
-                for s, a in fill:
-                    all_seeds[s] = a.env_seed
-                self.raw = self.env.reset(all_seeds)
-            else:
-                self.raw[new_slots] = self.env.reset_at(new_slots.tolist(), seeds)
-        fresh = (StackedQ.from_generators(self.obs_dim, self.n_actions, cfg.hidden,
-                                          [a.gen for _, a in fill], str(dev)) if fill else None)
-        params, moments = [], []
-        if self.online is not None and len(keep) < len(self.rows):
-            idx = torch.as_tensor(keep, dtype=torch.long, device=dev)
-            pick = lambda t: t.detach().index_select(0, idx)  # noqa: E731
-        else:
-            pick = lambda t: t.detach()  # noqa: E731
-        old = self.online.parameters if self.online is not None and len(keep) else []
-        olds = [self.optim.state[p] for p in old]
-        old_target = self.target.parameters if old else []
-        new = fresh.parameters if fresh is not None else [None] * len(old)
-        targets = []
-        for i in range(max(len(old), len(new))):
-            parts = ([pick(old[i])] if old else []) + ([new[i].detach()] if fresh else [])
-            p = torch.cat(parts) if len(parts) > 1 else parts[0].clone()
-            params.append(p.requires_grad_())
-            tparts = ([pick(old_target[i])] if old else []) + ([new[i].detach()] if fresh else [])
-            targets.append(torch.cat(tparts) if len(tparts) > 1 else tparts[0].clone())
-            m = [(pick(olds[i]["exp_avg"]), pick(olds[i]["exp_avg_sq"]))] if old else []
-            if fresh is not None:
-                z = torch.zeros_like(new[i])
-                m.append((z, z.clone()))
-            moments.append((torch.cat([a for a, _ in m]), torch.cat([b for _, b in m]))
-                           if len(m) > 1 else (m[0][0].clone(), m[0][1].clone()))
+        if fill and self.raw is None:  # first episode of every slot (empty slots: seed 0)
+            seeds = [0] * self.slots
+            for s, a in fill:
+                seeds[s] = a.env_seed
+            self.raw = self.env.reset(seeds)
+        elif fill:
+            self.raw[new_slots] = self.env.reset_at(new_slots.tolist(),
+                                                    [a.env_seed for _, a in fill])
         self.rows = np.concatenate([self.rows[keep], new_slots]).astype(np.int64)
         self.adam_steps = np.concatenate([self.adam_steps[keep],
                                           np.zeros(len(fill), np.int64)])
         if not len(self.rows):
             self.online = self.target = self.optim = self.plan = None
             return
+        fresh = (StackedQ.from_generators(self.obs_dim, self.n_actions, cfg.hidden,
+                                          [a.gen for _, a in fill], str(dev)) if fill else None)
+        kept = self.online is not None and len(keep) > 0
+        idx = torch.as_tensor(keep, dtype=torch.long, device=dev)
+
+        def join(old: torch.Tensor | None, new: torch.Tensor | None) -> torch.Tensor:
+            """The kept rows of ``old`` followed by ``new`` (either may be absent), a copy."""
+            parts = ([old.detach().index_select(0, idx)] if kept else []) + (
+                [new.detach()] if new is not None else [])
+            return torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+
+        n_params = 2 * (len(cfg.hidden) + 1)
+        params, targets, moments = [], [], []
+        for i in range(n_params):
+            old_p = self.online.parameters[i] if kept else None
+            new_p = fresh.parameters[i] if fresh is not None else None
+            state = self.optim.state[old_p] if kept else {}
+            zeros = torch.zeros_like(new_p) if new_p is not None else None
+            params.append(join(old_p, new_p).requires_grad_())
+            targets.append(join(self.target.parameters[i] if kept else None, new_p))
+            moments.append((join(state.get("exp_avg"), zeros),
+                            join(state.get("exp_avg_sq"), zeros)))
         self.online = StackedQ(params[0::2], params[1::2])
         self.target = StackedQ(targets[0::2], targets[1::2])
         self.optim = torch.optim.Adam(self.online.parameters, lr=cfg.lr, fused=True)
@@ -689,8 +674,8 @@ class Population:
             copy[stepped] = self.updates[ss] % cfg.target_update == 0
             if copy.any():
                 self._copy_target(copy)
-        ended = (out.terminated | out.truncated) & self.active
-        for s in np.flatnonzero(ended).tolist():
+        ended = out.terminated | out.truncated
+        for s in np.flatnonzero(ended & self.active).tolist():
             a = self.agents[s]
             mean = lambda x, n: float(x / n) if n else float("nan")  # noqa: E731
             record = EpisodeRecord(len(a.result.episodes), int(self.steps[s]), float(self.ret[s]),
@@ -704,7 +689,6 @@ class Population:
             if (self.episodes_budget is not None
                     and len(a.result.episodes) >= self.episodes_budget):
                 self._finish(s)
-        ended = out.terminated | out.truncated
         self.ret[ended] = self.disc[ended] = 0.0
         self.length[ended] = 0
         self.loss_sum[ended] = self.q_sum[ended] = 0.0
@@ -840,10 +824,6 @@ def train_population(programs: Sequence[Program], env_id: str,
     programs = list(programs)
     if not programs:
         return []
-    for p in programs:
-        if not isinstance(p, Program):
-            raise TypeError(f"train_population trains Programs, got {type(p).__name__} "
-                            "(use evorl_nb.dqn.train for a plain loss callable)")
     K = len(programs)
     seeds = list(range(K)) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != K:

@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from evorl_nb.envs.vector import VecStep, VectorEnv
+from evorl_nb.envs.vector import VecStep, VectorEnv, _check_slots
 
 __all__ = [
     "CartPoleVectorEnv", "AcrobotVectorEnv", "MountainCarVectorEnv", "VECTORIZED",
@@ -202,8 +202,6 @@ class _ClassicVectorEnv(VectorEnv):
     def reset_at(self, slots: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
         """Re-seed envs ``slots`` with ``seeds`` and return their first observations."""
         from gymnasium.utils import seeding
-
-        from evorl_nb.envs.vector import _check_slots
 
         if not self._started:
             raise RuntimeError("call reset(seeds) before reset_at()")

@@ -62,7 +62,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from evorl_nb.envs.vector import VecStep, VectorEnv
+from evorl_nb.envs.vector import VecStep, VectorEnv, _check_slots
 
 __all__ = ["MiniGridVec", "VECTORIZED", "MINIGRID_IDS", "UnsupportedEnv"]
 
@@ -458,8 +458,6 @@ class MiniGridVec(VectorEnv):
 
     def reset_at(self, slots: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
         """Re-seed slots ``slots`` with ``seeds`` (``env.reset(seed=...)``), return raw obs."""
-        from evorl_nb.envs.vector import _check_slots
-
         if not self._seeded:
             raise RuntimeError("call reset(seeds) before reset_at()")
         slots, seeds = _check_slots(self.num_envs, slots, seeds)
