@@ -119,21 +119,28 @@ def sequential_dqn(steps: int, hidden=(64, 64), seed: int = 0) -> float:
 # --- the population trainer ---------------------------------------------------------------
 
 
-def population(k: int, steps: int, hidden=(64, 64), threads: int = 1, seed: int = 0,
-               env_id: str = "CartPole-v1") -> float:
-    """A :class:`~evorl_nb.population.Population` of k distinct losses; agent-steps per
-    second over ``steps`` batched steps that all learn (one update each): the first
-    ``STEPS_LEARN`` update-free steps are run untimed, since they cost a fraction of a
-    learning step and would flatter the rate."""
+def filled_population(k: int, learning_starts: int, hidden=(64, 64), threads: int = 1,
+                      seed: int = 0, env_id: str = "CartPole-v1"):
+    """A :class:`~evorl_nb.population.Population` of k distinct losses (seeds seed, seed+1,
+    ...) on the quick preset, no step or episode budget, added but not stepped yet."""
     from evorl_nb.dqn import get_config
     from evorl_nb.population import Population
 
-    cfg = get_config("quick", hidden=hidden, learning_starts=STEPS_LEARN,
+    cfg = get_config("quick", hidden=hidden, learning_starts=learning_starts,
                      max_steps=10**9, budget_steps=10**9, num_threads=threads,
                      eps_decay_steps=1000)
     pop = Population(env_id, cfg, slots=k)
     for i, prog in enumerate(distinct_losses(k, seed)):
         pop.add(prog, seed=seed + i)
+    return pop
+
+
+def population(k: int, steps: int, hidden=(64, 64), threads: int = 1, seed: int = 0,
+               env_id: str = "CartPole-v1") -> float:
+    """A population of k distinct losses; agent-steps per second over ``steps`` batched
+    steps that all learn (one update each): the first ``STEPS_LEARN`` update-free steps are
+    run untimed, since they cost a fraction of a learning step and would flatter the rate."""
+    pop = filled_population(k, STEPS_LEARN, hidden, threads, seed, env_id)
     pop.advance(max_steps=STEPS_LEARN + 5)
     before = int(pop.steps.sum())
     start = time.perf_counter()
@@ -159,14 +166,8 @@ def env_only(k: int, steps: int, env_id: str = "CartPole-v1") -> float:
 
 def update_only(k: int, updates: int, hidden=(64, 64), threads: int = 1) -> float:
     """Batched updates per second times k (agent-updates/s): sample, losses, backward, Adam."""
-    from evorl_nb.dqn import get_config
-    from evorl_nb.population import Population
-
-    torch.set_num_threads(threads)
-    cfg = get_config("quick", hidden=hidden, learning_starts=10**9, budget_steps=10**9)
-    pop = Population("CartPole-v1", cfg, slots=k)
-    for i, prog in enumerate(distinct_losses(k)):
-        pop.add(prog, seed=i)
+    torch.set_num_threads(threads)  # _update runs outside the trainer's thread setting
+    pop = filled_population(k, 10**9, hidden, threads)
     pop.advance(max_steps=2000)  # fills every replay buffer, no learning yet
     learn = pop.active[pop.rows].copy()
 
