@@ -15,11 +15,14 @@ What is timed (all on CartPole-v1, batch 32, one gradient step per env step, Ada
   time (and, for comparison, one process with as many torch threads as cores). Only steps
   that learn are timed (the first 100 update-free ones are not: they would flatter the
   rate, while the baseline's 4,000 timed steps include its 100, in its favour).
+* ``copies of DQN``: the largest K again with one loss for every agent (what the prototype
+  behind the issue's figures trained), to show what the losses' diversity costs.
 * ``env only`` / ``update only``: the batched environment step alone, and one batched
   update (sample, grouped losses, backward, Adam) alone.
 * ``--paper-net``: the 256-256 network, where the work is matmuls: the FLOP rate reached
   (over steps that all learn) against the machine's dense matmul rate measured here
-  (torch.mm, 2048^2, all threads).
+  (torch.mm, 2048^2, all threads), for both whole-machine layouts (one process per core,
+  and one process with all threads); the better one is the figure.
 
 Every figure is agent-steps (or env steps) per second of wall time, and the ratios are
 against the sequential baseline measured in the same run, because absolute timings on a
@@ -120,9 +123,11 @@ def sequential_dqn(steps: int, hidden=(64, 64), seed: int = 0) -> float:
 
 
 def filled_population(k: int, learning_starts: int, hidden=(64, 64), threads: int = 1,
-                      seed: int = 0, env_id: str = "CartPole-v1"):
-    """A :class:`~evorl_nb.population.Population` of k distinct losses (seeds seed, seed+1,
-    ...) on the quick preset, no step or episode budget, added but not stepped yet."""
+                      seed: int = 0, env_id: str = "CartPole-v1", same: bool = False):
+    """A :class:`~evorl_nb.population.Population` of k distinct losses (``same``: k copies
+    of DQN's) with seeds seed, seed+1, ... on the quick preset, no step or episode budget,
+    added but not stepped yet."""
+    from evorl_nb import library
     from evorl_nb.dqn import get_config
     from evorl_nb.population import Population
 
@@ -130,17 +135,18 @@ def filled_population(k: int, learning_starts: int, hidden=(64, 64), threads: in
                      max_steps=10**9, budget_steps=10**9, num_threads=threads,
                      eps_decay_steps=1000)
     pop = Population(env_id, cfg, slots=k)
-    for i, prog in enumerate(distinct_losses(k, seed)):
+    progs = [library.get("dqn")] * k if same else distinct_losses(k, seed)
+    for i, prog in enumerate(progs):
         pop.add(prog, seed=seed + i)
     return pop
 
 
 def population(k: int, steps: int, hidden=(64, 64), threads: int = 1, seed: int = 0,
-               env_id: str = "CartPole-v1") -> float:
+               env_id: str = "CartPole-v1", same: bool = False) -> float:
     """A population of k distinct losses; agent-steps per second over ``steps`` batched
     steps that all learn (one update each): the first ``STEPS_LEARN`` update-free steps are
     run untimed, since they cost a fraction of a learning step and would flatter the rate."""
-    pop = filled_population(k, STEPS_LEARN, hidden, threads, seed, env_id)
+    pop = filled_population(k, STEPS_LEARN, hidden, threads, seed, env_id, same)
     pop.advance(max_steps=STEPS_LEARN + 5)
     before = int(pop.steps.sum())
     start = time.perf_counter()
@@ -208,6 +214,42 @@ def flops_per_agent_step(hidden, obs_dim=4, n_actions=2, batch=32, n_online=2, n
 
 
 # --- whole-machine runs: one process per core ---------------------------------------------------
+
+
+def loss_flops(k: int, seed: int, hidden=(256, 256)) -> float:
+    """Matmul FLOPs of one agent-step, averaged over the k distinct losses of ``seed``
+    (a loss calls the online net on s_{t+1}, or the target net, or neither)."""
+    from evorl_nb.population import LossPlan
+
+    plan = LossPlan(distinct_losses(k, seed))
+    n_online = sum(len(a) for c, a in plan.combo_agents.items() if c[0] == 0) / k
+    n_target = sum(len(a) for c, a in plan.combo_agents.items() if c[0] != 0) / k
+    return flops_per_agent_step(hidden, n_online=n_online, n_target=n_target)
+
+
+def paper_net(k: int, steps: int, cores: int) -> dict:
+    """The 256-256 network, K=k on the whole machine: FLOP utilization against the dense
+    matmul rate, for one process per core (k / cores agents each, 1 thread) and for one
+    process with ``cores`` threads."""
+    peak = matmul_rate(cores)
+    torch.set_num_threads(1)
+    seeds = [1000 * i for i in range(cores)]
+    # only steps that learn are timed: every one of them pays the FLOPs counted here
+    procs = parallel(population, [(k // cores, steps, (256, 256), 1, s) for s in seeds])
+    procs_flops = procs * sum(loss_flops(k // cores, s) for s in seeds) / cores
+    threads = population(k, steps, hidden=(256, 256), threads=cores)
+    threads_flops = threads * loss_flops(k, 0)
+    torch.set_num_threads(1)
+    print(f"\n256-256, K={k}; dense mm peak {peak / 1e9:.1f} GFLOP/s ({cores} threads)")
+    for what, rate, flops in ((f"{cores} procs", procs, procs_flops),
+                              (f"{cores} threads", threads, threads_flops)):
+        print(f"  {what:10} {rate:>8,.0f} agent-steps/s = {flops / 1e9:.1f} GFLOP/s of matmul "
+              f"-> {flops / peak:.0%} utilization")
+    best = max(procs_flops, threads_flops)
+    return {"k": k, "agent_steps_per_s": max(procs, threads), "flops": best,
+            "matmul_peak": peak, "utilization": best / peak,
+            "procs": {"agent_steps_per_s": procs, "utilization": procs_flops / peak},
+            "threads": {"agent_steps_per_s": threads, "utilization": threads_flops / peak}}
 
 
 def warm_up() -> None:
@@ -281,6 +323,15 @@ def main() -> None:
             print(f"{f'population K={k}, {cores} threads':34} {threads:>14,.0f} "
                   f"{threads / base_all:>11.2f}")
         res["population"][k] = row
+    # what the losses' diversity costs: the largest K again, every agent with DQN's loss
+    # (copies share their grouped calls: a handful per update instead of ~100-300)
+    k = ks[-1]
+    if k >= cores:
+        same = parallel(population, [(k // cores, steps, (64, 64), 1, 1000 * i, "CartPole-v1",
+                                      True) for i in range(cores)])
+        res["same_loss"] = {"k": k, "machine_procs": same}
+        print(f"{f'K={k} copies of DQN, {cores} procs':34} {same:>14,.0f} "
+              f"{same / base_all:>11.2f}")
     print("\nparts (1 core)")
     res["env_only"], res["update_only"] = {}, {}
     for k in ks:
@@ -290,21 +341,7 @@ def main() -> None:
         print(f"  K={k:<5} env only {e:>12,.0f} env-steps/s   update only {u:>10,.0f} "
               f"agent-updates/s")
     if args.paper_net:
-        peak = matmul_rate(cores)
-        k = 32 if args.quick else 128
-        # only steps that learn are timed: every one of them pays the FLOPs counted below
-        rate = population(k, max(30, steps // 10), hidden=(256, 256), threads=cores)
-        from evorl_nb.population import LossPlan
-
-        plan = LossPlan(distinct_losses(k))
-        n_online = sum(len(a) for c, a in plan.combo_agents.items() if c[0] == 0) / k
-        n_target = sum(len(a) for c, a in plan.combo_agents.items() if c[0] != 0) / k
-        flops = flops_per_agent_step((256, 256), n_online=n_online, n_target=n_target) * rate
-        res["paper_net"] = {"k": k, "agent_steps_per_s": rate, "flops": flops,
-                            "matmul_peak": peak, "utilization": flops / peak}
-        print(f"\n256-256, K={k}, {cores} threads: {rate:,.0f} agent-steps/s = "
-              f"{flops / 1e9:.1f} GFLOP/s of matmul; dense mm peak {peak / 1e9:.1f} GFLOP/s "
-              f"-> {flops / peak:.0%} utilization")
+        res["paper_net"] = paper_net(32 if args.quick else 128, max(30, steps // 10), cores)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -86,6 +86,30 @@ def test_plan_groups_ops_across_agents():
     assert plan.combos == [(0, 2), (3, 4)]  # online on s_t, target on s_{t+1}
 
 
+def _td_loss(net_next: str):
+    from evorl_nb.program import ProgramBuilder
+
+    b = ProgramBuilder()
+    q_sa = b.SelectList(b.QValues(b.q, b.s_t), b.a_t)
+    y = b.Add(b.r_t, b.DotProduct(b.discount, b.MaxList(b.QValues(getattr(b, net_next),
+                                                                   b.s_tp1))))
+    return b.build(b.L2Norm(b.Subtract(q_sa, y)))
+
+
+def test_values_with_and_without_a_gradient_share_groups_and_reads():
+    # the same TD target from the target net (no gradient) and from the online net (a
+    # gradient flows through it): one group per op, not one per gradient class
+    frozen_target, live_target = _td_loss("q_targ"), _td_loss("q")
+    assert not frozen_target.grad_nodes()[-4] and live_target.grad_nodes()[-4]  # the Adds
+    plan = LossPlan([frozen_target, live_target])
+    assert plan.n_groups == LossPlan([frozen_target]).n_groups == 6
+    for level in plan.levels:  # each level gathers from each bank once
+        banks = [c for c, _, _ in level.reads]
+        assert len(banks) == len(set(banks))
+        assert sum(len(sizes) for _, _, sizes in level.reads) == sum(
+            len(g.args) for g in level.groups)
+
+
 @pytest.mark.parametrize("name", ["dqn", "ddqn", "dqn_reg", "cql", "mdqn"])
 def test_k1_reproduces_the_single_agent_trainer(name):
     cfg = get_config("ci")
