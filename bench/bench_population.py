@@ -216,6 +216,19 @@ def flops_per_agent_step(hidden, obs_dim=4, n_actions=2, batch=32, n_online=2, n
 # --- whole-machine runs: one process per core ---------------------------------------------------
 
 
+def core_seeds(cores: int) -> list[int]:
+    """The first agent seed of each process of a whole-machine population run."""
+    return [1000 * i for i in range(cores)]
+
+
+def population_per_core(k: int, steps: int, cores: int, hidden=(64, 64),
+                        same: bool = False) -> float:
+    """K agents on the whole machine: one process per core with k / cores agents and one
+    torch thread each, run at the same time; the sum of their agent-steps per second."""
+    return parallel(population, [(k // cores, steps, hidden, 1, s, "CartPole-v1", same)
+                                 for s in core_seeds(cores)])
+
+
 def loss_flops(k: int, seed: int, hidden=(256, 256)) -> float:
     """Matmul FLOPs of one agent-step, averaged over the k distinct losses of ``seed``
     (a loss calls the online net on s_{t+1}, or the target net, or neither)."""
@@ -233,10 +246,9 @@ def paper_net(k: int, steps: int, cores: int) -> dict:
     process with ``cores`` threads."""
     peak = matmul_rate(cores)
     torch.set_num_threads(1)
-    seeds = [1000 * i for i in range(cores)]
     # only steps that learn are timed: every one of them pays the FLOPs counted here
-    procs = parallel(population, [(k // cores, steps, (256, 256), 1, s) for s in seeds])
-    procs_flops = procs * sum(loss_flops(k // cores, s) for s in seeds) / cores
+    procs = population_per_core(k, steps, cores, hidden=(256, 256))
+    procs_flops = procs * sum(loss_flops(k // cores, s) for s in core_seeds(cores)) / cores
     threads = population(k, steps, hidden=(256, 256), threads=cores)
     threads_flops = threads * loss_flops(k, 0)
     torch.set_num_threads(1)
@@ -314,8 +326,7 @@ def main() -> None:
         line = f"{f'population K={k}, 1 core':34} {one:>14,.0f} {one / base1:>11.2f}"
         print(line)
         if k >= cores:
-            machine = parallel(population, [(k // cores, steps, (64, 64), 1, 1000 * i)
-                                            for i in range(cores)])
+            machine = population_per_core(k, steps, cores)
             threads = population(k, steps, threads=cores)
             row.update(machine_procs=machine, machine_threads=threads)
             print(f"{f'population K={k}, {cores} procs (machine)':34} {machine:>14,.0f} "
@@ -327,8 +338,7 @@ def main() -> None:
     # (copies share their grouped calls: a handful per update instead of ~100-300)
     k = ks[-1]
     if k >= cores:
-        same = parallel(population, [(k // cores, steps, (64, 64), 1, 1000 * i, "CartPole-v1",
-                                      True) for i in range(cores)])
+        same = population_per_core(k, steps, cores, same=True)
         res["same_loss"] = {"k": k, "machine_procs": same}
         print(f"{f'K={k} copies of DQN, {cores} procs':34} {same:>14,.0f} "
               f"{same / base_all:>11.2f}")
