@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_population.py            # CartPole, 64-64, K up to 512
     .venv/bin/python bench/bench_population.py --quick    # a smoke run (seconds)
     .venv/bin/python bench/bench_population.py --paper-net  # also the 256-256 network
+    .venv/bin/python bench/bench_population.py --ks 128 --device cuda  # K=1024-4096 on a GPU
 
 What is timed (all on CartPole-v1, batch 32, one gradient step per env step, Adam):
 
@@ -23,6 +24,9 @@ What is timed (all on CartPole-v1, batch 32, one gradient step per env step, Ada
   (over steps that all learn) against the machine's dense matmul rate measured here
   (torch.mm, 2048^2, all threads), for both whole-machine layouts (one process per core,
   and one process with all threads); the better one is the figure.
+* ``--device cuda``: the population in one process on the GPU at K = 1024-4096
+  (``--device-ks``), copies of DQN at the largest K, and the 256-256 network's FLOP rate
+  against the GPU's dense matmul rate; ratios against the CPU baseline of the whole machine.
 
 Every figure is agent-steps (or env steps) per second of wall time, and the ratios are
 against the sequential baseline measured in the same run, because absolute timings on a
@@ -123,17 +127,18 @@ def sequential_dqn(steps: int, hidden=(64, 64), seed: int = 0) -> float:
 
 
 def filled_population(k: int, learning_starts: int, hidden=(64, 64), threads: int = 1,
-                      seed: int = 0, env_id: str = "CartPole-v1", same: bool = False):
+                      seed: int = 0, env_id: str = "CartPole-v1", same: bool = False,
+                      device: str = "cpu"):
     """A :class:`~evorl_nb.population.Population` of k distinct losses (``same``: k copies
     of DQN's) with seeds seed, seed+1, ... on the quick preset, no step or episode budget,
-    added but not stepped yet."""
+    on ``device``, added but not stepped yet."""
     from evorl_nb import library
     from evorl_nb.dqn import get_config
     from evorl_nb.population import Population
 
     cfg = get_config("quick", hidden=hidden, learning_starts=learning_starts,
                      max_steps=10**9, budget_steps=10**9, num_threads=threads,
-                     eps_decay_steps=1000)
+                     eps_decay_steps=1000, device=device)
     pop = Population(env_id, cfg, slots=k)
     progs = [library.get("dqn")] * k if same else distinct_losses(k, seed)
     for i, prog in enumerate(progs):
@@ -142,11 +147,12 @@ def filled_population(k: int, learning_starts: int, hidden=(64, 64), threads: in
 
 
 def population(k: int, steps: int, hidden=(64, 64), threads: int = 1, seed: int = 0,
-               env_id: str = "CartPole-v1", same: bool = False) -> float:
+               env_id: str = "CartPole-v1", same: bool = False, device: str = "cpu") -> float:
     """A population of k distinct losses; agent-steps per second over ``steps`` batched
     steps that all learn (one update each): the first ``STEPS_LEARN`` update-free steps are
-    run untimed, since they cost a fraction of a learning step and would flatter the rate."""
-    pop = filled_population(k, STEPS_LEARN, hidden, threads, seed, env_id, same)
+    run untimed, since they cost a fraction of a learning step and would flatter the rate.
+    (Every step waits for the device: acting reads the greedy actions back to the host.)"""
+    pop = filled_population(k, STEPS_LEARN, hidden, threads, seed, env_id, same, device)
     pop.advance(max_steps=STEPS_LEARN + 5)
     before = int(pop.steps.sum())
     start = time.perf_counter()
@@ -264,6 +270,50 @@ def paper_net(k: int, steps: int, cores: int) -> dict:
             "threads": {"agent_steps_per_s": threads, "utilization": threads_flops / peak}}
 
 
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_matmul_rate(device: str, n: int = 8192, reps: int = 20) -> float:
+    """Dense float32 matmul FLOP/s on an accelerator (as torch runs it by default)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def on_device(device: str, ks: list[int], steps: int, base_all: float) -> dict:
+    """The population trainer on an accelerator, one process: K distinct losses for each
+    K in ``ks``, the largest K as copies of DQN's loss, and the 256-256 network's FLOP rate
+    against the device's dense matmul rate."""
+    cuda = torch.device(device).type == "cuda"
+    name = torch.cuda.get_device_name(device) if cuda else platform.processor() or device
+    out: dict = {"name": name, "population": {}}
+    print(f"\n{name} ({device}), one process")
+    population(8, 20, device=device)  # first kernels, allocator
+    for k in ks:
+        rate = population(k, steps, device=device)
+        out["population"][k] = rate
+        print(f"{f'population K={k}, {device}':34} {rate:>14,.0f} {rate / base_all:>11.2f}")
+    same = population(ks[-1], steps, device=device, same=True)
+    out["same_loss"] = {"k": ks[-1], "rate": same}
+    print(f"{f'K={ks[-1]} copies of DQN, {device}':34} {same:>14,.0f} {same / base_all:>11.2f}")
+    peak = device_matmul_rate(device)
+    k = ks[-1]
+    rate = population(k, max(30, steps // 4), hidden=(256, 256), device=device)
+    flops = rate * loss_flops(k, 0)
+    out["paper_net"] = {"k": k, "agent_steps_per_s": rate, "flops": flops,
+                        "matmul_peak": peak, "utilization": flops / peak}
+    print(f"  256-256, K={k}: {rate:,.0f} agent-steps/s = {flops / 1e12:.2f} TFLOP/s of "
+          f"matmul, {flops / peak:.0%} of the dense mm rate {peak / 1e12:.1f} TFLOP/s")
+    return out
+
+
 def warm_up() -> None:
     """Pay the one-off costs (imports, first kernels, env registration) before timing."""
     sequential_dqn(STEPS_LEARN + 20)
@@ -292,7 +342,10 @@ def parallel(fn, args_per_proc) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    ap.add_argument("--ks", default="1,8,32,128,512", help="population sizes to time")
+    ap.add_argument("--ks", default="1,8,32,128,512", help="population sizes to time (CPU)")
+    ap.add_argument("--device", help="also time the population on this device (e.g. cuda)")
+    ap.add_argument("--device-ks", default="1024,2048,4096",
+                    help="population sizes to time on --device")
     ap.add_argument("--steps", type=int, default=600, help="env steps per agent per timing")
     ap.add_argument("--paper-net", action="store_true", help="also time the 256-256 network")
     ap.add_argument("--json", help="write the results to this JSON file")
@@ -352,6 +405,9 @@ def main() -> None:
               f"agent-updates/s")
     if args.paper_net:
         res["paper_net"] = paper_net(32 if args.quick else 128, max(30, steps // 10), cores)
+    if args.device:
+        dks = [64, 256] if args.quick else [int(k) for k in args.device_ks.split(",")]
+        res["device"] = on_device(args.device, dks, steps, base_all)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

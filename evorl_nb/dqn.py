@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from evorl_nb.envs import EnvSpec, get_spec, make_env
 from evorl_nb.program import Batch
+from evorl_nb.streams import Stream, agent_seeds
 
 __all__ = ["DQNConfig", "get_config", "config_names", "train", "TrainResult", "EpisodeRecord",
            "QNetwork", "Replay"]
@@ -169,9 +170,9 @@ class Replay:
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        """A uniform batch of stored transitions."""
-        idx = torch.randint(0, self.size, (batch_size,), generator=generator)
+    def sample(self, batch_size: int, stream: Stream) -> Batch:
+        """A uniform batch of stored transitions, indices drawn from ``stream``."""
+        idx = torch.from_numpy(stream.integers(self.size, batch_size))
         v = self._views
         parts = [v[k][idx].to(self.device) for k in ("obs", "action", "reward", "next_obs", "done")]
         return Batch(*parts)
@@ -296,10 +297,10 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
     config = get_config(config) if isinstance(config, str) else config
     spec = get_spec(env_id)
     loss_fn, takes_generator = _loss_fn(loss), hasattr(loss, "loss")
-    seeds = np.random.SeedSequence(seed).generate_state(3)
-    rng = np.random.default_rng(seeds[0])
-    gen = torch.Generator().manual_seed(int(seeds[1]))
-    env = make_env(spec.env_id, seed=int(seeds[2] % 2**31))
+    seeds = agent_seeds(seed)
+    explore, sampler = Stream(seeds.explore), Stream(seeds.sample)
+    gen = torch.Generator().manual_seed(seeds.net)
+    env = make_env(spec.env_id, seed=seeds.env)
     obs_dim = int(np.prod(env.observation_space.shape))
     n_actions = int(env.action_space.n)
     episodes_budget, steps_budget = _budget(config, spec)
@@ -321,13 +322,13 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
         target = copy.deepcopy(q_net).requires_grad_(False)
         optim = torch.optim.Adam(q_net.parameters(), lr=config.lr, fused=True)
         replay = Replay(min(config.buffer_size, steps_budget), obs_dim, config.device)
-        obs, _ = env.reset(seed=int(seeds[2] % 2**31))
+        obs, _ = env.reset(seed=seeds.env)
         ep = _Episode(q_net, obs, config)
         while result.steps < steps_budget and (episodes_budget is None
                                                or len(result.episodes) < episodes_budget):
             eps = config.eps_end + (config.eps_start - config.eps_end) * max(
                 0.0, 1.0 - result.steps / decay)
-            u, v = rng.random(2)  # explore?, and which random action (drawn either way)
+            u, v = explore.uniform(2)  # explore?, and which random action (drawn either way)
             if u < eps:
                 action = min(int(v * n_actions), n_actions - 1)
             else:
@@ -341,7 +342,7 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
             obs = next_obs
             if result.steps >= config.learning_starts and result.steps % config.train_every == 0:
                 reason = _update(loss_fn, takes_generator, replay, q_net, target, optim, gen,
-                                 config, ep)
+                                 sampler, config, ep)
                 if reason:
                     result.failed, result.reason = True, f"{reason} at step {result.steps}"
                     break
@@ -370,9 +371,10 @@ def _as_batch(obs, device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(obs, dtype=np.float32), device=device).unsqueeze(0)
 
 
-def _update(loss_fn, takes_generator, replay, q_net, target, optim, gen, config, ep) -> str | None:
+def _update(loss_fn, takes_generator, replay, q_net, target, optim, gen, sampler, config,
+            ep) -> str | None:
     """One gradient step; returns why training must stop, or None."""
-    batch = replay.sample(config.batch_size, gen)
+    batch = replay.sample(config.batch_size, sampler)
     with torch.no_grad():  # the Q tracking: Q(s_t, a_t) of the batch before this step
         q_taken = float(q_net(batch.obs).gather(1, batch.action.unsqueeze(1)).mean())
     try:

@@ -26,10 +26,12 @@ operation instead:
 
 Randomness: every agent has its own streams, seeded by its own seed exactly as
 :func:`evorl_nb.dqn.train` seeds them (network init, environment, exploration, replay
-sampling, the loss's random ops), and its own counters (steps, epsilon, updates, target
-schedule, Adam's step). So an agent's run does not depend on its companions, on the slot
-count or on when it got a slot: it *is* ``train(program, env_id, config, seed)`` to float
-rounding (batched matmuls may round differently; tested over whole runs).
+sampling, the loss's random ops; exploration and sampling are counter-based
+:mod:`evorl_nb.streams`, drawn for all agents in one call), and its own counters (steps,
+epsilon, updates, target schedule, Adam's step). So an agent's run does not depend on its
+companions, on the slot count or on when it got a slot: it *is* ``train(program, env_id,
+config, seed)`` to float rounding (batched matmuls may round differently; tested over
+whole runs).
 
 >>> from evorl_nb import library
 >>> runs = train_population([library.get("dqn"), library.get("ddqn")], "CartPole-v1", "ci",
@@ -67,6 +69,7 @@ from evorl_nb.envs import get_spec
 from evorl_nb.envs.vector import make_vector_env
 from evorl_nb.ops import OPS, Type, _bc
 from evorl_nb.program import N_INPUTS, TARGET, Program
+from evorl_nb.streams import AgentSeeds, Streams, agent_seeds
 
 __all__ = ["train_population", "Population", "LossPlan", "StackedQ", "agent_seeds",
            "keep_freed_memory"]
@@ -84,12 +87,6 @@ _CLASS = {Type.R: "R", Type.LIST: "L", Type.P: "L", Type.Z: "Z", Type.S: "S"}
 # records no autograd graph anyway, and one group where there were two (one per gradient
 # class) saves a batched call: ~30% fewer groups, +3-10% agent-steps/s (K=256-64, distinct
 # losses, same-run A/B)
-
-
-def agent_seeds(seed: int) -> tuple[int, int, int]:
-    """(exploration seed, network/sampling seed, env seed) of one agent: as dqn.train draws them."""
-    s = np.random.SeedSequence(int(seed)).generate_state(3)
-    return int(s[0]), int(s[1]), int(s[2] % 2**31)
 
 
 # --- the allocator -----------------------------------------------------------------------------
@@ -458,10 +455,10 @@ class _Agent:
     program: Program
     seed: int
     result: TrainResult
-    rng: np.random.Generator
-    """Exploration draws (two per step, as dqn.train)."""
+    seeds: AgentSeeds
+    """Its seeds (exploration and replay-sampling streams)."""
     gen: torch.Generator
-    """Network init, then replay sampling and the loss's random ops (as dqn.train)."""
+    """Network init, then the loss's random ops (as dqn.train)."""
     env_seed: int
     started: float = 0.0
 
@@ -522,6 +519,10 @@ class Population:
         self.loss_sum, self.q_sum = np.zeros(S), np.zeros(S)
         self.n_updates = np.zeros(S, np.int64)
         self.need_q0 = np.ones(S, bool)
+        self.explore = Streams(S)
+        """Each slot's exploration stream (two numbers per step, as dqn.train)."""
+        self.sampling = Streams(S)
+        """Each slot's replay-sampling stream (one number per sampled transition)."""
         # the batched learner: row j trains the agent in slot rows[j]
         self.rows = np.zeros(0, np.int64)
         self.online: StackedQ | None = None
@@ -543,10 +544,9 @@ class Population:
                             "loss callable)")
         key = self._added if key is None else key
         self._added += 1
-        explore, net, env = agent_seeds(seed)
+        seeds = agent_seeds(seed)
         self.queue.append(_Agent(key, program, int(seed), TrainResult(self.spec.env_id, int(seed)),
-                                 np.random.default_rng(explore),
-                                 torch.Generator().manual_seed(net), env))
+                                 seeds, torch.Generator().manual_seed(seeds.net), seeds.env))
         return key
 
     @property
@@ -624,6 +624,8 @@ class Population:
             self.ret[s] = self.disc[s] = self.loss_sum[s] = self.q_sum[s] = 0.0
             self.need_q0[s] = True
             self.replay.reset(s)
+            self.explore.seed(s, a.seeds.explore)
+            self.sampling.seed(s, a.seeds.sample)
         if fill and self.raw is None:  # first episode of every slot (empty slots: seed 0)
             seeds = [0] * self.slots
             for s, a in fill:
@@ -688,8 +690,7 @@ class Population:
         rows = self.rows
         eps = self._eps(self.steps)
         draws = np.zeros((S, 2))
-        for s in live.tolist():
-            draws[s] = self.agents[s].rng.random(2)  # explore?, which random action
+        draws[live] = self.explore.uniform(live, 2)  # explore?, which random action
         obs_t = _decode(self.raw[rows], self.divisor, self.device)
         with torch.no_grad():
             q = self.online(obs_t.unsqueeze(1)).squeeze(1)  # [n, A]
@@ -768,7 +769,7 @@ class Population:
         """One gradient step for the learner rows in ``learn``; returns {row: why it stops}."""
         cfg, rows = self.config, self.rows
         gens = [self.agents[s].gen if ok else None for s, ok in zip(rows.tolist(), learn)]
-        b = self.replay.sample(rows, cfg.batch_size, gens, self.divisor)
+        b = self.replay.sample(rows, learn, cfg.batch_size, self.sampling, self.divisor)
         online, target = self.online, self.target
         q_cache: dict = {}
         try:
@@ -964,16 +965,18 @@ class _Replay:
         self.pos[slots] = (pos + 1) % self.capacity
         self.size[slots] = np.minimum(self.size[slots] + 1, self.capacity)
 
-    def sample(self, slots: np.ndarray, batch_size: int, generators, divisor):
+    def sample(self, slots: np.ndarray, learn: np.ndarray, batch_size: int, streams: Streams,
+               divisor):
         """A batch per slot: obs/next_obs ``[n, B, D]`` float, action, reward, done ``[n, B]``.
 
-        Slot ``slots[j]`` draws its indices from ``generators[j]`` (as the single trainer's
-        ``torch.randint(0, size, (B,))``); a None generator gives index 0 (a row that is not
-        learning now, whose batch is ignored)."""
+        Where ``learn[j]``, slot ``slots[j]`` draws its indices from its stream in
+        ``streams`` (as the single trainer's ``Replay.sample``); elsewhere index 0 and no
+        draw (a row that is not learning now, whose batch is ignored)."""
         n, cap = len(slots), self.t["obs"].shape[1]
-        idx = torch.stack([torch.randint(0, int(self.size[s]), (batch_size,), generator=g)
-                           if g is not None else torch.zeros(batch_size, dtype=torch.long)
-                           for s, g in zip(slots.tolist(), generators)]).to(self.device)
+        idx_np = np.zeros((n, batch_size), np.int64)
+        drawing = slots[learn]
+        idx_np[learn] = streams.integers(drawing, self.size[drawing], batch_size)
+        idx = torch.from_numpy(idx_np).to(self.device)
         base = torch.as_tensor(slots, dtype=torch.long, device=self.device).unsqueeze(1) * cap
         flat = (idx + base).flatten()
         out = {k: v.flatten(0, 1).index_select(0, flat).view(n, batch_size, *v.shape[2:])

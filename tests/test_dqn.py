@@ -14,6 +14,7 @@ from evorl_nb.cli import main as cli_main
 from evorl_nb.dqn import QNetwork, Replay, _Episode, _update, get_config, train
 from evorl_nb.envs import get_spec
 from evorl_nb.evaluate import EnvScore, evaluate
+from evorl_nb.streams import Stream
 
 CI = get_config("ci")
 
@@ -49,10 +50,11 @@ def test_update_equals_a_hand_written_dqn_step():
     optim = torch.optim.Adam(q_net.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(7)
     ep = _Episode(q_net, np.zeros(4, np.float32), config)
-    assert _update(library.get("dqn").loss, True, replay, q_net, target, optim, gen, config, ep) is None
+    assert _update(library.get("dqn").loss, True, replay, q_net, target, optim, gen,
+                   Stream(7), config, ep) is None
 
-    # the same step by hand: same batch (same generator state), same Adam
-    batch = replay.sample(config.batch_size, torch.Generator().manual_seed(7))
+    # the same step by hand: same batch (the same stream from its start), same Adam
+    batch = replay.sample(config.batch_size, Stream(7))
     ref_optim = torch.optim.Adam(ref_q.parameters(), lr=config.lr)
     ref_optim.zero_grad()
     hand_written_dqn(batch, ref_q, target, config.gamma).backward()
