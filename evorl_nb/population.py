@@ -768,7 +768,8 @@ class Population:
     def _update(self, learn: np.ndarray) -> dict[int, str]:
         """One gradient step for the learner rows in ``learn``; returns {row: why it stops}."""
         cfg, rows = self.config, self.rows
-        gens = [self.agents[s].gen if ok else None for s, ok in zip(rows.tolist(), learn)]
+        gens = ([self.agents[s].gen if ok else None for s, ok in zip(rows.tolist(), learn)]
+                if self.plan.random_nodes else None)  # only the loss's random ops use them
         b = self.replay.sample(rows, learn, cfg.batch_size, self.sampling, self.divisor)
         online, target = self.online, self.target
         q_cache: dict = {}
