@@ -199,15 +199,27 @@ def update_only(k: int, updates: int, hidden=(64, 64), threads: int = 1) -> floa
     return rate
 
 
-def matmul_rate(threads: int, n: int = 2048, reps: int = 10) -> float:
-    """Dense float32 matmul FLOP/s with ``threads`` torch threads."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def mm_rate(device: str = "cpu", n: int = 2048, reps: int = 10) -> float:
+    """Dense float32 ``n x n`` matmul FLOP/s on ``device`` (CPU: the current torch threads)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     torch.mm(a, b)
+    _sync(device)
     start = time.perf_counter()
     for _ in range(reps):
         torch.mm(a, b)
+    _sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def matmul_rate(threads: int) -> float:
+    """Dense float32 matmul FLOP/s with ``threads`` torch threads."""
+    torch.set_num_threads(threads)
+    return mm_rate()
 
 
 def flops_per_agent_step(hidden, obs_dim=4, n_actions=2, batch=32, n_online=2, n_target=1):
@@ -270,23 +282,6 @@ def paper_net(k: int, steps: int, cores: int) -> dict:
             "threads": {"agent_steps_per_s": threads, "utilization": threads_flops / peak}}
 
 
-def _sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_matmul_rate(device: str, n: int = 8192, reps: int = 20) -> float:
-    """Dense float32 matmul FLOP/s on an accelerator (as torch runs it by default)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    torch.mm(a, b)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start)
-
-
 def on_device(device: str, ks: list[int], steps: int, base_all: float) -> dict:
     """The population trainer on an accelerator, one process: K distinct losses for each
     K in ``ks``, the largest K as copies of DQN's loss, and the 256-256 network's FLOP rate
@@ -299,11 +294,11 @@ def on_device(device: str, ks: list[int], steps: int, base_all: float) -> dict:
     for k in ks:
         rate = population(k, steps, device=device)
         out["population"][k] = rate
-        print(f"{f'population K={k}, {device}':34} {rate:>14,.0f} {rate / base_all:>11.2f}")
+        print_row(f"population K={k}, {device}", rate, base_all)
     same = population(ks[-1], steps, device=device, same=True)
     out["same_loss"] = {"k": ks[-1], "rate": same}
-    print(f"{f'K={ks[-1]} copies of DQN, {device}':34} {same:>14,.0f} {same / base_all:>11.2f}")
-    peak = device_matmul_rate(device)
+    print_row(f"K={ks[-1]} copies of DQN, {device}", same, base_all)
+    peak = mm_rate(device, 8192, 20)
     k = ks[-1]
     rate = population(k, max(30, steps // 4), hidden=(256, 256), device=device)
     flops = rate * loss_flops(k, 0)
@@ -312,6 +307,11 @@ def on_device(device: str, ks: list[int], steps: int, base_all: float) -> dict:
     print(f"  256-256, K={k}: {rate:,.0f} agent-steps/s = {flops / 1e12:.2f} TFLOP/s of "
           f"matmul, {flops / peak:.0%} of the dense mm rate {peak / 1e12:.1f} TFLOP/s")
     return out
+
+
+def print_row(what: str, rate: float, base: float) -> None:
+    """One line of the table: what, agent-steps/s, and the ratio to ``base``."""
+    print(f"{what:34} {rate:>14,.0f} {rate / base:>11.2f}")
 
 
 def warm_up() -> None:
@@ -370,22 +370,19 @@ def main() -> None:
                                              for i in range(cores)]) for r in range(3))
     res["sequential"] = {"one_core": base1, "machine": base_all}
     print(f"{'what':34} {'agent-steps/s':>14} {'x baseline':>11}")
-    print(f"{'sequential, 1 core':34} {base1:>14,.0f} {1.0:>11.2f}")
-    print(f"{f'sequential, {cores} procs (machine)':34} {base_all:>14,.0f} {1.0:>11.2f}")
+    print_row("sequential, 1 core", base1, base1)
+    print_row(f"sequential, {cores} procs (machine)", base_all, base_all)
     res["population"] = {}
     for k in ks:
         one = population(k, steps)
         row = {"one_core": one}
-        line = f"{f'population K={k}, 1 core':34} {one:>14,.0f} {one / base1:>11.2f}"
-        print(line)
+        print_row(f"population K={k}, 1 core", one, base1)
         if k >= cores:
             machine = population_per_core(k, steps, cores)
             threads = population(k, steps, threads=cores)
             row.update(machine_procs=machine, machine_threads=threads)
-            print(f"{f'population K={k}, {cores} procs (machine)':34} {machine:>14,.0f} "
-                  f"{machine / base_all:>11.2f}")
-            print(f"{f'population K={k}, {cores} threads':34} {threads:>14,.0f} "
-                  f"{threads / base_all:>11.2f}")
+            print_row(f"population K={k}, {cores} procs (machine)", machine, base_all)
+            print_row(f"population K={k}, {cores} threads", threads, base_all)
         res["population"][k] = row
     # what the losses' diversity costs: the largest K again, every agent with DQN's loss
     # (copies share their grouped calls: a handful per update instead of ~100-300)
@@ -393,8 +390,7 @@ def main() -> None:
     if k >= cores:
         same = population_per_core(k, steps, cores, same=True)
         res["same_loss"] = {"k": k, "machine_procs": same}
-        print(f"{f'K={k} copies of DQN, {cores} procs':34} {same:>14,.0f} "
-              f"{same / base_all:>11.2f}")
+        print_row(f"K={k} copies of DQN, {cores} procs", same, base_all)
     print("\nparts (1 core)")
     res["env_only"], res["update_only"] = {}, {}
     for k in ks:

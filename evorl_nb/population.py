@@ -459,7 +459,6 @@ class _Agent:
     """Its seeds (exploration and replay-sampling streams)."""
     gen: torch.Generator
     """Network init, then the loss's random ops (as dqn.train)."""
-    env_seed: int
     started: float = 0.0
 
 
@@ -546,7 +545,7 @@ class Population:
         self._added += 1
         seeds = agent_seeds(seed)
         self.queue.append(_Agent(key, program, int(seed), TrainResult(self.spec.env_id, int(seed)),
-                                 seeds, torch.Generator().manual_seed(seeds.net), seeds.env))
+                                 seeds, torch.Generator().manual_seed(seeds.net)))
         return key
 
     @property
@@ -629,11 +628,11 @@ class Population:
         if fill and self.raw is None:  # first episode of every slot (empty slots: seed 0)
             seeds = [0] * self.slots
             for s, a in fill:
-                seeds[s] = a.env_seed
+                seeds[s] = a.seeds.env
             self.raw = self.env.reset(seeds)
         elif fill:
             self.raw[new_slots] = self.env.reset_at(new_slots.tolist(),
-                                                    [a.env_seed for _, a in fill])
+                                                    [a.seeds.env for _, a in fill])
         self.rows = np.concatenate([self.rows[keep], new_slots]).astype(np.int64)
         self.adam_steps = np.concatenate([self.adam_steps[keep],
                                           np.zeros(len(fill), np.int64)])

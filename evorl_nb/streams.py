@@ -65,6 +65,12 @@ def agent_seeds(seed: int) -> AgentSeeds:
     return AgentSeeds(int(keys[0]), int(keys[1]), int(s32[1]), int(s32[2] % 2**31))
 
 
+def _below(u: np.ndarray, high) -> np.ndarray:
+    """Uniform numbers ``u`` as integers in ``[0, high)``: ``floor(u * high)``, whose bias
+    is below ``high / 2**53``."""
+    return np.minimum((u * high).astype(np.int64), high - 1)
+
+
 class Streams:
     """``n`` independent uniform streams, one per row, each with its key and position."""
 
@@ -86,10 +92,9 @@ class Streams:
         return (z >> _S11).astype(np.float64) * _TO_UNIT
 
     def integers(self, rows: np.ndarray, highs: np.ndarray, n: int) -> np.ndarray:
-        """The next ``n`` numbers of each of ``rows`` as integers in ``[0, highs[row])``
-        (``floor(u * high)``: bias below ``high / 2**53``): ``[len(rows), n]`` int64."""
-        highs = np.asarray(highs, np.int64)[:, None]
-        return np.minimum((self.uniform(rows, n) * highs).astype(np.int64), highs - 1)
+        """The next ``n`` numbers of each of ``rows`` as integers in ``[0, highs[row])``:
+        ``[len(rows), n]`` int64."""
+        return _below(self.uniform(rows, n), np.asarray(highs, np.int64)[:, None])
 
 
 class Stream:
@@ -113,4 +118,4 @@ class Stream:
 
     def integers(self, high: int, n: int) -> np.ndarray:
         """The next ``n`` numbers as integers in ``[0, high)``, as :meth:`Streams.integers`."""
-        return np.minimum((self.uniform(n) * high).astype(np.int64), high - 1)
+        return _below(self.uniform(n), high)
