@@ -125,6 +125,59 @@ def keep_freed_memory() -> bool:
 # --- stacked networks --------------------------------------------------------------------
 
 
+class _StackedMLP(torch.autograd.Function):
+    """The stacked MLP's forward (feature-major, ``relu`` between layers) with a written-out
+    backward: one autograd node for the whole network instead of two per layer, ReLU in
+    place, and each weight-gradient product oriented the way the batched GEMM runs fastest.
+
+    Autograd's own backward computes ``dW = g @ h^T`` whatever the shapes. With 4 inputs
+    that product (``[K, 64, N] @ [K, N, 4]``) ran at ~8 GFLOP/s; its transpose
+    ``(h @ g^T)^T`` is 4.5x faster (K=512: 1.0 vs 0.22 ms). The 2-action layer's incoming
+    gradient is a transposed view, and its products ran 2x faster on a contiguous copy.
+    The whole network's forward and backward, K=512, 4-64-64-2: 13.0 ms with autograd,
+    11.9 ms with this (same products, so the same values up to the GEMM's summation
+    order; tested against autograd).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        n = len(params) // 2
+        h = x.transpose(1, 2)
+        hs = [h]
+        for i in range(n):
+            h = torch.baddbmm(params[n + i], params[i], h)
+            if i < n - 1:
+                h.relu_()
+                hs.append(h)
+        ctx.save_for_backward(*hs, *params[:n])
+        return h.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        saved = ctx.saved_tensors
+        n = len(saved) // 2
+        hs, ws = saved[:n], saved[n:]
+        need = ctx.needs_input_grad
+        g = grad.transpose(1, 2).contiguous()
+        dws: list[torch.Tensor | None] = [None] * n
+        dbs: list[torch.Tensor | None] = [None] * n
+        dx = None
+        for i in range(n - 1, -1, -1):
+            h, w = hs[i], ws[i]
+            if need[1 + n + i]:
+                dbs[i] = g.sum(2, keepdim=True)
+            if need[1 + i]:
+                if w.shape[2] < w.shape[1]:  # fewer inputs than outputs: (h @ g^T)^T
+                    dws[i] = torch.bmm(h, g.transpose(1, 2)).transpose(1, 2)
+                else:
+                    dws[i] = torch.bmm(g, h.transpose(1, 2))
+            if i > 0:
+                g = torch.ops.aten.threshold_backward(torch.bmm(w.transpose(1, 2), g), h, 0)
+            elif need[0]:
+                dx = torch.bmm(w.transpose(1, 2), g).transpose(1, 2)
+        return (dx, *dws, *dbs)
+
+
 class StackedQ:
     """K MLP Q networks as stacked tensors: ``weights[i]`` is ``[K, out, in]`` and
     ``biases[i]`` ``[K, out, 1]`` (agent k's slice is its ``nn.Linear`` weight and bias);
@@ -162,13 +215,28 @@ class StackedQ:
         return self.weights[0].shape[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Q-values ``[K, N, A]`` (a transposed view) of observations ``[K, N, obs_dim]``."""
+        """Q-values ``[K, N, A]`` (a transposed view) of observations ``[K, N, obs_dim]``.
+
+        One observation per agent (acting, N=1) runs row-major instead, ``h @ W^T`` as
+        ``nn.Linear`` does: the batched GEMM runs a ``[K, 64, 64] @ [K, 64, 1]`` product
+        at a quarter of the speed of its ``[K, 1, 64] @ [K, 64, 64]`` transpose
+        (K=512: 2.0 vs 0.49 ms).
+        """
         last = len(self.weights) - 1
+        if x.shape[1] == 1:
+            h = x
+            for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+                h = torch.baddbmm(b.transpose(1, 2), h, w.transpose(1, 2))
+                if i < last:
+                    h = torch.relu(h)
+            return h
+        if torch.is_grad_enabled():
+            return _StackedMLP.apply(x, *self.weights, *self.biases)
         h = x.transpose(1, 2)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b, w, h)
             if i < last:
-                h = torch.relu(h)
+                h.relu_()
         return h.transpose(1, 2)
 
     def subset(self, agents: torch.Tensor) -> StackedQ:

@@ -78,6 +78,39 @@ def test_grouped_losses_equal_each_programs_own_loss(seed):
     assert checked >= K // 2  # most programs are finite and differentiable
 
 
+@pytest.mark.parametrize("hidden", [(), (8,), (8, 5), (3, 16, 16)])
+@pytest.mark.parametrize("n", [1, 6])
+def test_stacked_networks_equal_each_agents_qnetwork_values_and_gradients(hidden, n):
+    """The stacked MLP's written-out backward (and its row-major path for one observation
+    per agent) gives every agent its own QNetwork's values and gradients, inputs included,
+    through a subset of the agents too."""
+    K, D, A = 5, 4, 3
+    net = StackedQ.from_generators(D, A, hidden, [torch.Generator().manual_seed(k)
+                                                  for k in range(K)])
+    refs = [QNetwork(D, A, hidden, torch.Generator().manual_seed(k)) for k in range(K)]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(K, n, D, generator=g, requires_grad=True)
+    coef = torch.randn(K, n, A, generator=g)
+    sub = torch.tensor([0, 3])
+    x2 = torch.randn(len(sub), n, D, generator=g)
+    q, q_sub = net(x), net.subset(sub)(x2)
+    ((q * coef).sum() + q_sub.square().sum()).backward()
+    for k, ref in enumerate(refs):
+        xk = x.detach()[k].clone().requires_grad_()
+        qk = ref(xk)
+        loss = (qk * coef[k]).sum()
+        if k in sub.tolist():
+            loss = loss + ref(x2[sub.tolist().index(k)]).square().sum()
+        loss.backward()
+        assert torch.allclose(q[k].detach(), qk.detach(), atol=1e-6)
+        assert torch.allclose(x.grad[k], xk.grad, atol=1e-6)
+        for i, layer in enumerate(ref.layers):
+            assert torch.allclose(net.weights[i].grad[k], layer.weight.grad, atol=1e-5), (k, i)
+            assert torch.allclose(net.biases[i].grad[k, :, 0], layer.bias.grad, atol=1e-5), (k, i)
+    with torch.no_grad():  # the graph-free path (acting, the target net) gives the same
+        assert torch.allclose(net(x), q, atol=1e-6)
+
+
 def test_plan_groups_ops_across_agents():
     progs = [library.get("dqn")] * 64
     plan = LossPlan(progs)
