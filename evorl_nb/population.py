@@ -89,6 +89,10 @@ _CLASS = {Type.R: "R", Type.LIST: "L", Type.P: "L", Type.Z: "Z", Type.S: "S"}
 # losses, same-run A/B)
 
 
+# Adam's betas and eps: torch's defaults, which the single trainer's Adam uses
+_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
+
+
 # --- the allocator -----------------------------------------------------------------------------
 
 _MALLOC_TUNED: bool | None = None
@@ -125,6 +129,43 @@ def keep_freed_memory() -> bool:
 # --- stacked networks --------------------------------------------------------------------
 
 
+def _mlp_forward(x: torch.Tensor, ws, bs) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Stacked MLP forward, feature-major: the output ``[K, out, N]`` and every layer's
+    input (``x`` transposed, then the ReLU outputs), as the backward needs them."""
+    h = x.transpose(1, 2)
+    hs = [h]
+    for i, (w, b) in enumerate(zip(ws, bs, strict=True)):
+        h = torch.baddbmm(b, w, h)
+        if i < len(ws) - 1:
+            h.relu_()
+            hs.append(h)
+    return h, hs
+
+
+def _mlp_backward(grad: torch.Tensor, hs, ws, need_x: bool, need_w, need_b):
+    """The written-out backward of :func:`_mlp_forward`: (dx, [dW], [db]) for the gradient
+    ``grad`` ``[K, N, out]`` of its (transposed) output."""
+    n = len(ws)
+    g = grad.transpose(1, 2).contiguous()
+    dws: list[torch.Tensor | None] = [None] * n
+    dbs: list[torch.Tensor | None] = [None] * n
+    dx = None
+    for i in range(n - 1, -1, -1):
+        h, w = hs[i], ws[i]
+        if need_b[i]:
+            dbs[i] = g.sum(2, keepdim=True)
+        if need_w[i]:
+            if w.shape[2] < w.shape[1]:  # fewer inputs than outputs: (h @ g^T)^T
+                dws[i] = torch.bmm(h, g.transpose(1, 2)).transpose(1, 2)
+            else:
+                dws[i] = torch.bmm(g, h.transpose(1, 2))
+        if i > 0:
+            g = torch.ops.aten.threshold_backward(torch.bmm(w.transpose(1, 2), g), h, 0)
+        elif need_x:
+            dx = torch.bmm(w.transpose(1, 2), g).transpose(1, 2)
+    return dx, dws, dbs
+
+
 class _StackedMLP(torch.autograd.Function):
     """The stacked MLP's forward (feature-major, ``relu`` between layers) with a written-out
     backward: one autograd node for the whole network instead of two per layer, ReLU in
@@ -137,45 +178,46 @@ class _StackedMLP(torch.autograd.Function):
     The whole network's forward and backward, K=512, 4-64-64-2: 13.0 ms with autograd,
     11.9 ms with this (same products, so the same values up to the GEMM's summation
     order; tested against autograd).
+
+    ``apply(x, x_sub, agents, *weights, *biases)``: besides every agent's values on ``x``
+    (``[K, N, in]``), the values of the agents ``agents`` on ``x_sub`` (``[n, N, in]``;
+    ``None`` for none). The subset's weight gradients are added into the rows of the full
+    ones (``index_add_``), where a separate call on ``index_select``-ed weights made
+    autograd zero-fill a full-size gradient per tensor, scatter into it and add it to the
+    other (three passes over every weight tensor per update).
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(ctx, x, x_sub, agents, *params):  # noqa: D102
         n = len(params) // 2
-        h = x.transpose(1, 2)
-        hs = [h]
-        for i in range(n):
-            h = torch.baddbmm(params[n + i], params[i], h)
-            if i < n - 1:
-                h.relu_()
-                hs.append(h)
-        ctx.save_for_backward(*hs, *params[:n])
-        return h.transpose(1, 2)
+        ws, bs = params[:n], params[n:]
+        out, hs = _mlp_forward(x, ws, bs)
+        saved = [*hs, *ws]
+        out_sub = None
+        if x_sub is not None:
+            ws_sub = [w.index_select(0, agents) for w in ws]
+            out_sub, hs_sub = _mlp_forward(x_sub, ws_sub,
+                                           [b.index_select(0, agents) for b in bs])
+            out_sub = out_sub.transpose(1, 2)
+            saved += [*hs_sub, *ws_sub, agents]
+        ctx.n, ctx.sub = n, x_sub is not None
+        ctx.save_for_backward(*saved)
+        return out.transpose(1, 2), out_sub
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: D102
-        saved = ctx.saved_tensors
-        n = len(saved) // 2
-        hs, ws = saved[:n], saved[n:]
-        need = ctx.needs_input_grad
-        g = grad.transpose(1, 2).contiguous()
-        dws: list[torch.Tensor | None] = [None] * n
-        dbs: list[torch.Tensor | None] = [None] * n
-        dx = None
-        for i in range(n - 1, -1, -1):
-            h, w = hs[i], ws[i]
-            if need[1 + n + i]:
-                dbs[i] = g.sum(2, keepdim=True)
-            if need[1 + i]:
-                if w.shape[2] < w.shape[1]:  # fewer inputs than outputs: (h @ g^T)^T
-                    dws[i] = torch.bmm(h, g.transpose(1, 2)).transpose(1, 2)
-                else:
-                    dws[i] = torch.bmm(g, h.transpose(1, 2))
-            if i > 0:
-                g = torch.ops.aten.threshold_backward(torch.bmm(w.transpose(1, 2), g), h, 0)
-            elif need[0]:
-                dx = torch.bmm(w.transpose(1, 2), g).transpose(1, 2)
-        return (dx, *dws, *dbs)
+    def backward(ctx, grad, grad_sub):  # noqa: D102
+        n, saved, need = ctx.n, ctx.saved_tensors, ctx.needs_input_grad
+        need_w, need_b = need[3:3 + n], need[3 + n:]
+        dx, dws, dbs = _mlp_backward(grad, saved[:n], saved[n:2 * n], need[0], need_w, need_b)
+        dx_sub = None
+        if ctx.sub and grad_sub is not None:
+            agents = saved[-1]
+            dx_sub, dws_sub, dbs_sub = _mlp_backward(grad_sub, saved[2 * n:3 * n],
+                                                     saved[3 * n:4 * n], need[1], need_w, need_b)
+            for full, part in zip(dws + dbs, dws_sub + dbs_sub, strict=True):
+                if full is not None:
+                    full.index_add_(0, agents, part)
+        return (dx, dx_sub, None, *dws, *dbs)
 
 
 class StackedQ:
@@ -207,7 +249,7 @@ class StackedQ:
     @property
     def parameters(self) -> list[torch.Tensor]:
         """Every stacked tensor (weights then biases, layer by layer)."""
-        return [t for pair in zip(self.weights, self.biases) for t in pair]
+        return [t for pair in zip(self.weights, self.biases, strict=True) for t in pair]
 
     @property
     def size(self) -> int:
@@ -231,13 +273,16 @@ class StackedQ:
                     h = torch.relu(h)
             return h
         if torch.is_grad_enabled():
-            return _StackedMLP.apply(x, *self.weights, *self.biases)
-        h = x.transpose(1, 2)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b, w, h)
-            if i < last:
-                h.relu_()
-        return h.transpose(1, 2)
+            return _StackedMLP.apply(x, None, None, *self.weights, *self.biases)[0]
+        return _mlp_forward(x, self.weights, self.biases)[0].transpose(1, 2)
+
+    def with_subset(self, x: torch.Tensor, agents: torch.Tensor,
+                    x_sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(self(x), self.subset(agents)(x_sub))`` in one differentiable call, the
+        subset's weight gradients added straight into the rows of the full ones."""
+        if torch.is_grad_enabled():
+            return _StackedMLP.apply(x, x_sub, agents, *self.weights, *self.biases)
+        return self(x), self.subset(agents)(x_sub)
 
     def subset(self, agents: torch.Tensor) -> StackedQ:
         """The networks of ``agents`` only (differentiable: gradients reach these tensors)."""
@@ -247,7 +292,7 @@ class StackedQ:
     def copy_from(self, other: StackedQ) -> None:
         """Overwrite these tensors with ``other``'s values (a hard target update)."""
         with torch.no_grad():
-            for mine, theirs in zip(self.parameters, other.parameters):
+            for mine, theirs in zip(self.parameters, other.parameters, strict=True):
                 mine.copy_(theirs)
 
 
@@ -459,10 +504,15 @@ class LossPlan:
         q_cache = {} if q_cache is None else q_cache
         states = {_S_T: obs, _S_TP1: next_obs}
         online_next = self.combo_agents.get((_ONLINE, _S_TP1))
-        if online_next is not None and len(online_next) == K and (_ONLINE, _S_T) not in q_cache:
-            # both states through the online net in one call
-            both = online(torch.cat([obs, next_obs], 1))
-            q_cache[(_ONLINE, _S_T)], q_cache[(_ONLINE, _S_TP1)] = both[:, :B], both[:, B:]
+        if online_next is not None and (_ONLINE, _S_T) not in q_cache:
+            # both states through the online net in one call: every agent on both when all
+            # use s_{t+1}, else s_t for all and s_{t+1} for its users (see _StackedMLP)
+            if len(online_next) == K:
+                both = online(torch.cat([obs, next_obs], 1))
+                q_cache[(_ONLINE, _S_T)], q_cache[(_ONLINE, _S_TP1)] = both[:, :B], both[:, B:]
+            else:
+                q_cache[(_ONLINE, _S_T)], q_cache[(_ONLINE, _S_TP1)] = online.with_subset(
+                    obs, online_next, next_obs.index_select(0, online_next))
         blocks: list[torch.Tensor] = []
         for key in self.combos:
             if key not in q_cache:
@@ -594,7 +644,8 @@ class Population:
         self.rows = np.zeros(0, np.int64)
         self.online: StackedQ | None = None
         self.target: StackedQ | None = None
-        self.optim: torch.optim.Adam | None = None
+        self.moments: list[tuple[torch.Tensor, torch.Tensor]] = []
+        """Adam's first and second moments of every online tensor (stacked like it)."""
         self.plan: LossPlan | None = None
         self.adam_steps = np.zeros(0, np.int64)
         self.raw: np.ndarray | None = None  # raw observations of every slot
@@ -673,7 +724,7 @@ class Population:
         if self.queue and len(free) and (len(free) >= max(1, self.slots // 32)
                                          or not self.active.any()):
             take = [self.queue.popleft() for _ in range(min(len(free), len(self.queue)))]
-            self._relayout(list(zip(free[:len(take)].tolist(), take)))
+            self._relayout(list(zip(free[:len(take)].tolist(), take, strict=True)))
         elif gone.any() and (gone.all() or self.compact and
                              gone.sum() >= max(1, len(self.rows) // 8)):
             self._relayout([])
@@ -705,7 +756,8 @@ class Population:
         self.adam_steps = np.concatenate([self.adam_steps[keep],
                                           np.zeros(len(fill), np.int64)])
         if not len(self.rows):
-            self.online = self.target = self.optim = self.plan = None
+            self.online = self.target = self.plan = None
+            self.moments = []
             return
         fresh = (StackedQ.from_generators(self.obs_dim, self.n_actions, cfg.hidden,
                                           [a.gen for _, a in fill], str(dev)) if fill else None)
@@ -723,18 +775,14 @@ class Population:
         for i in range(n_params):
             old_p = self.online.parameters[i] if kept else None
             new_p = fresh.parameters[i] if fresh is not None else None
-            state = self.optim.state[old_p] if kept else {}
+            old_m, old_v = self.moments[i] if kept else (None, None)
             zeros = torch.zeros_like(new_p) if new_p is not None else None
             params.append(join(old_p, new_p).requires_grad_())
             targets.append(join(self.target.parameters[i] if kept else None, new_p))
-            moments.append((join(state.get("exp_avg"), zeros),
-                            join(state.get("exp_avg_sq"), zeros)))
+            moments.append((join(old_m, zeros), join(old_v, zeros)))
         self.online = StackedQ(params[0::2], params[1::2])
         self.target = StackedQ(targets[0::2], targets[1::2])
-        self.optim = torch.optim.Adam(self.online.parameters, lr=cfg.lr, fused=True)
-        for p, (m, v) in zip(self.online.parameters, moments):
-            self.optim.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
-                                   "exp_avg": m, "exp_avg_sq": v}
+        self.moments = moments
         self.plan = LossPlan([self.agents[s].program for s in self.rows]).to(dev)
 
     # --- one batched step ------------------------------------------------------------------
@@ -829,13 +877,14 @@ class Population:
             return
         idx = torch.as_tensor(np.flatnonzero(rows_mask), dtype=torch.long, device=self.device)
         with torch.no_grad():
-            for mine, theirs in zip(self.target.parameters, self.online.parameters):
+            for mine, theirs in zip(self.target.parameters, self.online.parameters, strict=True):
                 mine.index_copy_(0, idx, theirs.detach().index_select(0, idx))
 
     def _update(self, learn: np.ndarray) -> dict[int, str]:
         """One gradient step for the learner rows in ``learn``; returns {row: why it stops}."""
         cfg, rows = self.config, self.rows
-        gens = ([self.agents[s].gen if ok else None for s, ok in zip(rows.tolist(), learn)]
+        gens = ([self.agents[s].gen if ok else None
+                 for s, ok in zip(rows.tolist(), learn, strict=True)]
                 if self.plan.random_nodes else None)  # only the loss's random ops use them
         b = self.replay.sample(rows, learn, cfg.batch_size, self.sampling, self.divisor)
         online, target = self.online, self.target
@@ -854,7 +903,8 @@ class Population:
         learn_t = torch.as_tensor(learn, device=values.device)
         ok = torch.isfinite(values) & ~(values.abs() > cfg.max_loss) & learn_t
         total = torch.where(ok, losses, torch.zeros_like(losses)).sum()
-        self.optim.zero_grad(set_to_none=True)
+        for p in online.parameters:
+            p.grad = None
         if total.requires_grad:
             total.backward()
         grads = [p.grad for p in online.parameters]
@@ -890,45 +940,38 @@ class Population:
         return failed
 
     def _adam(self, stepped: np.ndarray) -> None:
-        """Adam on the rows in ``stepped``, each with its own step count.
+        """Adam on the rows in ``stepped``, each with its own step count: torch's fused
+        Adam kernel, the one the single trainer runs (``Adam(fused=True)``, default betas
+        and eps), so every agent's update is its own to the bit.
 
         While every training row steps together from the same count (a batch started
-        together, the common case) this is torch's fused Adam over the stacked tensors,
-        exactly as the single trainer; rows that are done ride along (their values no
-        longer matter). Otherwise (a slot refilled, or rows not learning yet) each row's
-        bias correction uses its own count and the other rows are left untouched.
+        together, the common case) the kernel runs over the stacked tensors, one tensor
+        per layer; rows that are done ride along (their values no longer matter).
+        Otherwise (a slot refilled, a row failed, rows not learning yet) it runs over the
+        stepped rows' slices, each with its own step count, and leaves the others alone.
+        The kernel is called directly (``torch._fused_adam_``): ``torch.optim.Adam.step``
+        cost as much again in Python around it (~0.1 ms a step at K=64).
         """
+        params = [p.detach() for p in self.online.parameters]
+        grads = [p.grad for p in self.online.parameters]
+        m, v = [mv[0] for mv in self.moments], [mv[1] for mv in self.moments]
         training = self.active[self.rows]
         counts = self.adam_steps[stepped]
+        dev = self.device
         if np.array_equal(stepped, training) and (counts == counts[0]).all():
-            for p in self.online.parameters:
-                self.optim.state[p]["step"].fill_(float(counts[0]))
-            self.optim.step()
             self.adam_steps[:] = counts[0] + 1
-            return
-        idle = torch.as_tensor(np.flatnonzero(~stepped), dtype=torch.long, device=self.device)
-        if len(idle):  # a row not learning may still have a NaN gradient (0 * inf backward)
-            with torch.no_grad():
-                for p in self.online.parameters:
-                    p.grad.index_fill_(0, idle, 0.0)
-        group = self.optim.param_groups[0]
-        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
-        self.adam_steps[stepped] += 1
-        t = self.adam_steps.astype(np.float64)
-        bc1 = np.where(stepped, 1.0 - b1 ** t, 1.0)
-        bc2 = np.where(stepped, 1.0 - b2 ** t, 1.0)
-        dev, n = self.device, len(self.rows)
-        col = lambda x: torch.as_tensor(x, dtype=torch.float32, device=dev).view(n, 1, 1)  # noqa: E731
-        m = stepped.astype(np.float64)
-        w1, keep2 = col((1.0 - b1) * m), col(np.where(stepped, b2, 1.0))
-        size, root2 = col(-lr / bc1 * m), col(np.sqrt(bc2))
-        with torch.no_grad():
-            for p in self.online.parameters:
-                st, g = self.optim.state[p], p.grad
-                st["exp_avg"].lerp_(g, w1)
-                st["exp_avg_sq"].mul_(keep2).addcmul_(g, g, value=1.0 - b2)
-                denom = (st["exp_avg_sq"].sqrt() / root2).add_(eps)
-                p.add_(st["exp_avg"] / denom * size)
+            steps = [torch.tensor(float(counts[0] + 1), device=dev)] * len(params)
+        else:
+            rows = np.flatnonzero(stepped)
+            self.adam_steps[rows] += 1
+            row_steps = torch.as_tensor(self.adam_steps[rows], dtype=torch.float32,
+                                        device=dev).unbind(0)
+            pick = lambda ts: [u[r] for t in ts for u in (t.unbind(0),) for r in rows]  # noqa: E731
+            params, grads, m, v = pick(params), pick(grads), pick(m), pick(v)
+            steps = list(row_steps) * len(self.moments)
+        torch._fused_adam_(params, grads, m, v, [], steps, lr=self.config.lr, beta1=_BETAS[0],
+                           beta2=_BETAS[1], weight_decay=0.0, eps=_ADAM_EPS, amsgrad=False,
+                           maximize=False)
 
 
 def train_population(programs: Sequence[Program], env_id: str,
@@ -962,7 +1005,7 @@ def run_in_order(trainer, programs: Sequence, seeds: Sequence[int], progress: bo
     """Add ``programs`` (keys 0..n-1) to a :class:`Population`-like ``trainer``, run it to
     the end, close it, and return the results in program order."""
     try:
-        for k, (p, s) in enumerate(zip(programs, seeds)):
+        for k, (p, s) in enumerate(zip(programs, seeds, strict=True)):
             trainer.add(p, s, key=k)
         done = dict(trainer.advance(progress=progress))
     finally:

@@ -80,10 +80,12 @@ def test_grouped_losses_equal_each_programs_own_loss(seed):
 
 @pytest.mark.parametrize("hidden", [(), (8,), (8, 5), (3, 16, 16)])
 @pytest.mark.parametrize("n", [1, 6])
-def test_stacked_networks_equal_each_agents_qnetwork_values_and_gradients(hidden, n):
+@pytest.mark.parametrize("joint", [False, True])
+def test_stacked_networks_equal_each_agents_qnetwork_values_and_gradients(hidden, n, joint):
     """The stacked MLP's written-out backward (and its row-major path for one observation
     per agent) gives every agent its own QNetwork's values and gradients, inputs included,
-    through a subset of the agents too."""
+    through a subset of the agents too: as a separate call on the subset's networks, or
+    ``joint`` with the full call (the subset's gradients added into the full ones')."""
     K, D, A = 5, 4, 3
     net = StackedQ.from_generators(D, A, hidden, [torch.Generator().manual_seed(k)
                                                   for k in range(K)])
@@ -93,7 +95,7 @@ def test_stacked_networks_equal_each_agents_qnetwork_values_and_gradients(hidden
     coef = torch.randn(K, n, A, generator=g)
     sub = torch.tensor([0, 3])
     x2 = torch.randn(len(sub), n, D, generator=g)
-    q, q_sub = net(x), net.subset(sub)(x2)
+    q, q_sub = net.with_subset(x, sub, x2) if joint else (net(x), net.subset(sub)(x2))
     ((q * coef).sum() + q_sub.square().sum()).backward()
     for k, ref in enumerate(refs):
         xk = x.detach()[k].clone().requires_grad_()
@@ -109,6 +111,42 @@ def test_stacked_networks_equal_each_agents_qnetwork_values_and_gradients(hidden
             assert torch.allclose(net.biases[i].grad[k, :, 0], layer.bias.grad, atol=1e-5), (k, i)
     with torch.no_grad():  # the graph-free path (acting, the target net) gives the same
         assert torch.allclose(net(x), q, atol=1e-6)
+
+
+def test_per_row_adam_is_torchs_fused_adam_for_each_agent():
+    """Rows at different Adam step counts (slots refilled at different times) and rows
+    that do not step this time: each stepped row gets exactly what torch's fused Adam (the
+    single trainer's optimizer) gives that agent alone; the others are left untouched."""
+    pop = Population("CartPole-v1", "ci", slots=4)
+    for k in range(4):
+        pop.add(library.get("dqn"), seed=k)
+    pop._settle()
+    gen = torch.Generator().manual_seed(0)
+    params = pop.online.parameters
+    for (m, v), p in zip(pop.moments, params, strict=True):
+        m.copy_(torch.randn(p.shape, generator=gen))
+        v.copy_(torch.rand(p.shape, generator=gen))
+        p.grad = torch.randn(p.shape, generator=gen)
+    pop.adam_steps[:] = [0, 7, 3, 7]
+    stepped = np.array([True, True, False, True])
+    before = [(p.detach().clone(), m.clone(), v.clone())
+              for p, (m, v) in zip(params, pop.moments, strict=True)]
+    pop._adam(stepped)
+    assert pop.adam_steps.tolist() == [1, 8, 3, 8]
+    for row, count in enumerate([0, 7, 3, 7]):
+        ref = [t[row].clone().requires_grad_() for t, _, _ in before]
+        opt = torch.optim.Adam(ref, lr=pop.config.lr, fused=True)
+        for r, p, (_, m, v) in zip(ref, params, before, strict=True):
+            r.grad = p.grad[row].clone()
+            opt.state[r] = {"step": torch.tensor(float(count)), "exp_avg": m[row].clone(),
+                            "exp_avg_sq": v[row].clone()}
+        if stepped[row]:
+            opt.step()
+        for r, p, (m, v) in zip(ref, params, pop.moments, strict=True):
+            assert torch.equal(p[row].detach(), r.detach()), row  # bit for bit
+            assert torch.equal(m[row], opt.state[r]["exp_avg"])
+            assert torch.equal(v[row], opt.state[r]["exp_avg_sq"])
+    pop.close()
 
 
 def test_plan_groups_ops_across_agents():
