@@ -952,6 +952,8 @@ class Population:
         The kernel is called directly (``torch._fused_adam_``): ``torch.optim.Adam.step``
         cost as much again in Python around it (~0.1 ms a step at K=64).
         """
+        if not stepped.any():  # every learning row failed this step
+            return
         params = [p.detach() for p in self.online.parameters]
         grads = [p.grad for p in self.online.parameters]
         m, v = [mv[0] for mv in self.moments], [mv[1] for mv in self.moments]

@@ -291,12 +291,22 @@ def test_scores_match_the_single_trainer_distribution_over_seeds():
     assert diff < 4 * spread + 0.01, (alone, together)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
-def test_runs_on_cuda():
-    cfg = get_config("ci", device="cuda")
-    runs = train_population([library.get("dqn"), library.get("ddqn")], "CartPole-v1", cfg,
-                            seeds=[0, 1])
-    assert all(r.steps == 400 and not r.failed for r in runs)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine"))])
+def test_runs_on_each_device(device):
+    """On the CPU and on a GPU: K=1 is dqn.train on that device, and slots refilled while
+    others train (per-row Adam over row slices, subset network calls, a loss that fails
+    while its only companion is not learning yet, so no row steps) run to their budgets."""
+    cfg = get_config("ci", device=device)
+    single = train(library.get("ddqn"), "CartPole-v1", cfg, seed=5)
+    (batched,) = train_population([library.get("ddqn")], "CartPole-v1", cfg, seeds=[5])
+    assert (batched.steps, batched.updates, batched.failed) == (single.steps, single.updates,
+                                                                 single.failed)
+    assert np.array_equal(batched.returns, single.returns)
+    progs = [library.get(n) for n in ("dqn", "ddqn", "dqn_reg", "cql")] + [nan_program()]
+    runs = train_population(progs, "CartPole-v1", cfg, seeds=range(5), slots=2)
+    assert [r.steps for r in runs[:4]] == [400] * 4 and not any(r.failed for r in runs[:4])
+    assert runs[4].failed and "loss is nan" in runs[4].reason
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v0", "Acrobot-v1", "MiniGrid-DoorKey-5x5-v0"])
