@@ -5,7 +5,7 @@ TORCH_PIN = torch==2.13.0
 
 RUN ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install test lint lab clean evolve
+.PHONY: install test lint lab clean evolve device-wheels
 
 # Stamp file: re-run the install whenever pyproject.toml changes.
 # torch is installed FIRST with an exact pin (local CPU wheel) so that the
@@ -28,6 +28,14 @@ test: $(VENV)/.installed
 # worker processes, one per core, into a new run folder; prints the top programs at the end.
 evolve: $(VENV)/.installed
 	$(BIN)/evorl-nb evolve --preset quick --out $(RUN) --backend local
+
+# Wheels a GPU machine with no package index needs for bench/device_check.sh (its image
+# has torch, numpy, sympy, tqdm, cloudpickle; not gymnasium): pure Python, any platform.
+device-wheels: $(VENV)/.installed
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d .whl \
+	  gymnasium==$$($(BIN)/python -c "import gymnasium; print(gymnasium.__version__)") \
+	  farama-notifications==$$($(BIN)/python -c "from importlib.metadata import version; print(version('farama-notifications'))")
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check evorl_nb tests
