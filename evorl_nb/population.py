@@ -932,48 +932,86 @@ class Population:
         stepped = learn.copy()
         stepped[list(failed)] = False
         if total.requires_grad:
-            self._adam(stepped)
+            self._adam(stepped, learn)
         ks = rows[stepped]
         self.loss_sum[ks] += values_np[stepped]
         self.q_sum[ks] += q_taken.cpu().numpy().astype(np.float64)[stepped]
         self.n_updates[ks] += 1
         return failed
 
-    def _adam(self, stepped: np.ndarray) -> None:
-        """Adam on the rows in ``stepped``, each with its own step count: torch's fused
-        Adam kernel, the one the single trainer runs (``Adam(fused=True)``, default betas
-        and eps), so every agent's update is its own to the bit.
+    def _adam(self, stepped: np.ndarray, learn: np.ndarray) -> None:
+        """Adam on the learner rows in ``stepped``, each with its own step count (rows that
+        train but did not learn this step, ``learn`` false, are left alone).
 
-        While every training row steps together from the same count (a batch started
-        together, the common case) the kernel runs over the stacked tensors, one tensor
-        per layer; rows that are done ride along (their values no longer matter).
-        Otherwise (a slot refilled, a row failed, rows not learning yet) it runs over the
-        stepped rows' slices, each with its own step count, and leaves the others alone.
-        The kernel is called directly (``torch._fused_adam_``): ``torch.optim.Adam.step``
-        cost as much again in Python around it (~0.1 ms a step at K=64).
+        Mostly torch's fused Adam kernel, the one the single trainer runs
+        (``Adam(fused=True)``, default betas and eps), called directly
+        (``torch._fused_adam_``: ``torch.optim.Adam.step`` costs as much again in Python).
+        It takes one step count per tensor, so it runs over runs of consecutive rows with the
+        same count, each a view of the stacked tensors; rows that no longer train, or failed
+        this step, may ride along in a run (their values no longer matter). Agents that got
+        their slots together sit in consecutive rows (``_relayout`` appends them and keeps
+        the order), so a batch started together is one run, the stacked tensors themselves,
+        and a population refilled in waves has about one run per wave. When the runs are
+        short (slots refilled one agent at a time: every row its own count) the views cost
+        more than the kernel (~1 µs each, four per run and tensor: K=8, 0.18 ms), and
+        :meth:`_adam_rows` does the same arithmetic on the stacked tensors with a column of
+        bias corrections instead (0.14 ms).
         """
         if not stepped.any():  # every learning row failed this step
             return
-        params = [p.detach() for p in self.online.parameters]
-        grads = [p.grad for p in self.online.parameters]
-        m, v = [mv[0] for mv in self.moments], [mv[1] for mv in self.moments]
-        training = self.active[self.rows]
-        counts = self.adam_steps[stepped]
-        dev = self.device
-        if np.array_equal(stepped, training) and (counts == counts[0]).all():
-            self.adam_steps[:] = counts[0] + 1
-            steps = [torch.tensor(float(counts[0] + 1), device=dev)] * len(params)
+        frozen = self.active[self.rows] & ~learn
+        counts = self.adam_steps + 1
+        label = np.where(stepped, counts, np.where(frozen, -1, -2))
+        # a row that may ride along joins the run before it (or, at the start, the one after)
+        known = np.flatnonzero(label != -2)
+        label = label[known[np.maximum(np.searchsorted(known, np.arange(len(label)),
+                                                        side="right") - 1, 0)]]
+        starts = np.flatnonzero(np.r_[True, label[1:] != label[:-1]])
+        if len(starts) > max(4, len(label) // 8):
+            self._adam_rows(stepped)
+            return
+        self.adam_steps[stepped] += 1
+        lengths = np.diff(np.r_[starts, len(label)]).tolist()
+        keep = [j for j, a in enumerate(starts.tolist()) if label[a] >= 0]
+        steps = torch.as_tensor(label[starts[keep]], dtype=torch.float32,
+                                device=self.device).unbind(0)
+        if len(lengths) == 1:
+            cut = lambda ts: list(ts)  # noqa: E731
         else:
-            rows = np.flatnonzero(stepped)
-            self.adam_steps[rows] += 1
-            row_steps = torch.as_tensor(self.adam_steps[rows], dtype=torch.float32,
-                                        device=dev).unbind(0)
-            pick = lambda ts: [u[r] for t in ts for u in (t.unbind(0),) for r in rows]  # noqa: E731
-            params, grads, m, v = pick(params), pick(grads), pick(m), pick(v)
-            steps = list(row_steps) * len(self.moments)
-        torch._fused_adam_(params, grads, m, v, [], steps, lr=self.config.lr, beta1=_BETAS[0],
-                           beta2=_BETAS[1], weight_decay=0.0, eps=_ADAM_EPS, amsgrad=False,
-                           maximize=False)
+            cut = lambda ts: [s[j] for t in ts for s in (t.split(lengths),) for j in keep]  # noqa: E731
+        ps = self.online.parameters
+        torch._fused_adam_(cut([p.detach() for p in ps]), cut([p.grad for p in ps]),
+                           cut([m for m, _ in self.moments]), cut([v for _, v in self.moments]),
+                           [], [c for _ in ps for c in steps], lr=self.config.lr,
+                           beta1=_BETAS[0], beta2=_BETAS[1], weight_decay=0.0, eps=_ADAM_EPS,
+                           amsgrad=False, maximize=False)
+
+    def _adam_rows(self, stepped: np.ndarray) -> None:
+        """Adam on the rows in ``stepped`` with a bias-correction column per row (the fused
+        kernel's arithmetic, written out); the other rows are left alone."""
+        idle = torch.as_tensor(np.flatnonzero(~stepped), dtype=torch.long, device=self.device)
+        if len(idle):  # a row not learning may still have a NaN gradient (0 * inf backward)
+            with torch.no_grad():
+                for p in self.online.parameters:
+                    p.grad.index_fill_(0, idle, 0.0)
+        (b1, b2), lr = _BETAS, self.config.lr
+        self.adam_steps[stepped] += 1
+        t = self.adam_steps.astype(np.float64)
+        bc1 = np.where(stepped, 1.0 - b1 ** t, 1.0)
+        bc2 = np.where(stepped, 1.0 - b2 ** t, 1.0)
+        dev, n = self.device, len(self.rows)
+        col = lambda x: torch.as_tensor(x, dtype=torch.float32, device=dev).view(n, 1, 1)  # noqa: E731
+        m = stepped.astype(np.float64)
+        w1, keep2 = col((1.0 - b1) * m), col(np.where(stepped, b2, 1.0))
+        size, root2 = col(-lr / bc1 * m), col(np.sqrt(bc2))
+        with torch.no_grad():
+            for p, (exp_avg, exp_avg_sq) in zip(self.online.parameters, self.moments,
+                                                strict=True):
+                g = p.grad
+                exp_avg.lerp_(g, w1)
+                exp_avg_sq.mul_(keep2).addcmul_(g, g, value=1.0 - b2)
+                denom = (exp_avg_sq.sqrt() / root2).add_(_ADAM_EPS)
+                p.add_(exp_avg / denom * size)
 
 
 def train_population(programs: Sequence[Program], env_id: str,

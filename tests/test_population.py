@@ -113,12 +113,16 @@ def test_stacked_networks_equal_each_agents_qnetwork_values_and_gradients(hidden
         assert torch.allclose(net(x), q, atol=1e-6)
 
 
-def test_per_row_adam_is_torchs_fused_adam_for_each_agent():
-    """Rows at different Adam step counts (slots refilled at different times) and rows
-    that do not step this time: each stepped row gets exactly what torch's fused Adam (the
-    single trainer's optimizer) gives that agent alone; the others are left untouched."""
-    pop = Population("CartPole-v1", "ci", slots=4)
-    for k in range(4):
+@pytest.mark.parametrize("counts", [[0, 7, 3, 7, 7, 7],  # few runs: the fused kernel
+                                    [0, 7, 3, 5, 7, 2]])  # a count per row: the columns
+def test_per_row_adam_is_torchs_fused_adam_for_each_agent(counts):
+    """Rows at different Adam step counts (slots refilled at different times), a row not
+    learning yet and a row that failed this step: each stepped row gets what torch's
+    fused Adam (the single trainer's optimizer) gives that agent alone, with its own step
+    count; the row not learning yet is left untouched (the failed one no longer
+    matters)."""
+    pop = Population("CartPole-v1", "ci", slots=6)
+    for k in range(6):
         pop.add(library.get("dqn"), seed=k)
     pop._settle()
     gen = torch.Generator().manual_seed(0)
@@ -127,13 +131,16 @@ def test_per_row_adam_is_torchs_fused_adam_for_each_agent():
         m.copy_(torch.randn(p.shape, generator=gen))
         v.copy_(torch.rand(p.shape, generator=gen))
         p.grad = torch.randn(p.shape, generator=gen)
-    pop.adam_steps[:] = [0, 7, 3, 7]
-    stepped = np.array([True, True, False, True])
+    pop.adam_steps[:] = counts
+    learn = np.array([True, True, False, True, True, True])
+    stepped = np.array([True, True, False, True, False, True])  # row 4 failed this step
     before = [(p.detach().clone(), m.clone(), v.clone())
               for p, (m, v) in zip(params, pop.moments, strict=True)]
-    pop._adam(stepped)
-    assert pop.adam_steps.tolist() == [1, 8, 3, 8]
-    for row, count in enumerate([0, 7, 3, 7]):
+    pop._adam(stepped, learn)
+    assert pop.adam_steps.tolist() == [c + s for c, s in zip(counts, stepped, strict=True)]
+    for row, count in enumerate(counts):
+        if row == 4:
+            continue
         ref = [t[row].clone().requires_grad_() for t, _, _ in before]
         opt = torch.optim.Adam(ref, lr=pop.config.lr, fused=True)
         for r, p, (_, m, v) in zip(ref, params, before, strict=True):
@@ -143,9 +150,14 @@ def test_per_row_adam_is_torchs_fused_adam_for_each_agent():
         if stepped[row]:
             opt.step()
         for r, p, (m, v) in zip(ref, params, pop.moments, strict=True):
-            assert torch.equal(p[row].detach(), r.detach()), row  # bit for bit
-            assert torch.equal(m[row], opt.state[r]["exp_avg"])
-            assert torch.equal(v[row], opt.state[r]["exp_avg_sq"])
+            got = (p[row].detach(), m[row], v[row])
+            want = (r.detach(), opt.state[r]["exp_avg"], opt.state[r]["exp_avg_sq"])
+            for a, b in zip(got, want, strict=True):
+                # the same kernel; a run of rows is one tensor, so where a row's elements
+                # fall in the kernel's vector lanes may differ: at most the last bit
+                assert torch.allclose(a, b, rtol=1e-6, atol=0), row
+                if not stepped[row]:
+                    assert torch.equal(a, b), row  # left alone
     pop.close()
 
 
