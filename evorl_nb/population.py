@@ -923,12 +923,6 @@ class Population:
                 failed[j] = f"loss exploded ({v:.3g} > max_loss {cfg.max_loss:g})"
             else:
                 failed[j] = "gradient is not finite"
-        if failed:
-            bad = torch.as_tensor(sorted(failed), dtype=torch.long, device=total.device)
-            with torch.no_grad():
-                for g in grads:
-                    if g is not None:
-                        g.index_fill_(0, bad, 0.0)
         stepped = learn.copy()
         stepped[list(failed)] = False
         if total.requires_grad:
