@@ -131,6 +131,8 @@ def test_per_row_adam_is_torchs_fused_adam_for_each_agent(counts):
         m.copy_(torch.randn(p.shape, generator=gen))
         v.copy_(torch.rand(p.shape, generator=gen))
         p.grad = torch.randn(p.shape, generator=gen)
+    for p in params:  # the failed row's gradient is NaN: it must not reach its neighbours
+        p.grad[4] = float("nan")
     pop.adam_steps[:] = counts
     learn = np.array([True, True, False, True, True, True])
     stepped = np.array([True, True, False, True, False, True])  # row 4 failed this step
