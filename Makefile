@@ -9,7 +9,7 @@ RUN ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
 
 # Stamp file: re-run the install whenever pyproject.toml changes.
 # torch is installed FIRST with an exact pin (local CPU wheel) so that the
-# later `torch>=2.2` requirement is already satisfied and pip never pulls CUDA.
+# later `torch>=2.4` requirement is already satisfied and pip never pulls CUDA.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
