@@ -195,11 +195,10 @@ class _StackedMLP(torch.autograd.Function):
         saved = [*hs, *ws]
         out_sub = None
         if x_sub is not None:
-            ws_sub = [w.index_select(0, agents) for w in ws]
-            out_sub, hs_sub = _mlp_forward(x_sub, ws_sub,
-                                           [b.index_select(0, agents) for b in bs])
+            sub = StackedQ(list(ws), list(bs)).subset(agents)  # graph-free in here
+            out_sub, hs_sub = _mlp_forward(x_sub, sub.weights, sub.biases)
             out_sub = out_sub.transpose(1, 2)
-            saved += [*hs_sub, *ws_sub, agents]
+            saved += [*hs_sub, *sub.weights, agents]
         ctx.n, ctx.sub = n, x_sub is not None
         ctx.save_for_backward(*saved)
         return out.transpose(1, 2), out_sub

@@ -309,7 +309,7 @@ def test_scores_match_the_single_trainer_distribution_over_seeds():
     not torch.cuda.is_available(), reason="no CUDA device on this machine"))])
 def test_runs_on_each_device(device):
     """On the CPU and on a GPU: K=1 is dqn.train on that device, and slots refilled while
-    others train (per-row Adam over row slices, subset network calls, a loss that fails
+    others train (Adam at per-row step counts, subset network calls, a loss that fails
     while its only companion is not learning yet, so no row steps) run to their budgets."""
     cfg = get_config("ci", device=device)
     single = train(library.get("ddqn"), "CartPole-v1", cfg, seed=5)
