@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evorl_nb import lossvm
 from evorl_nb.dqn import (
     DQNConfig,
     EpisodeRecord,
@@ -67,6 +68,7 @@ from evorl_nb.dqn import (
 )
 from evorl_nb.envs import get_spec
 from evorl_nb.envs.vector import make_vector_env
+from evorl_nb.lossvm import VMCode, VMLoss, engine_setting
 from evorl_nb.ops import OPS, Type, _bc
 from evorl_nb.program import N_INPUTS, TARGET, Program
 from evorl_nb.streams import AgentSeeds, Streams, agent_seeds
@@ -362,10 +364,12 @@ class LossPlan:
     """K programs compiled for grouped evaluation over stacked networks (see module docs).
 
     ``plan.losses(batch, online, target, gamma, generator)`` returns the ``[K]`` per-agent
-    losses; agent k's equals ``programs[k].loss`` on its own slice of the batch.
+    losses; agent k's equals ``programs[k].loss`` on its own slice of the batch. The nodes
+    after the Q-network calls run in the compiled interpreter (:mod:`evorl_nb.lossvm`) or as
+    grouped torch calls, as ``engine`` says.
     """
 
-    def __init__(self, programs: Sequence[Program]):
+    def __init__(self, programs: Sequence[Program], engine: str | None = None):
         self.programs = list(programs)
         self.K = K = len(self.programs)
         rows: dict[str, int] = defaultdict(int)
@@ -468,6 +472,17 @@ class LossPlan:
         self._device = torch.device("cpu")
         self.n_groups = sum(len(lv.groups) for lv in self.levels)
         """Batched op calls per evaluation (what the grouping costs, independent of K)."""
+        # what the compiled interpreter needs: every node's bank row, the draws' and the
+        # constants' order
+        self._where, self._const_row = where, const_row
+        self._draw_row = {(k, i): j for j, (k, i, _op) in enumerate(self.random_nodes)}
+        self._vm: dict[tuple[int, int, int], VMCode | None] = {}
+        self.engine = engine_setting() if engine is None else engine
+        """``auto`` (the compiled interpreter where it can run: CPU, float32, a C compiler;
+        else the grouped torch evaluation), ``c`` (the interpreter or an error) or
+        ``torch`` (the grouped evaluation). Default: ``$EVORL_NB_LOSS_ENGINE`` or auto."""
+        if self.engine not in ("auto", "c", "torch"):
+            raise ValueError(f"engine must be auto, c or torch, not {self.engine!r}")
 
     def to(self, device: str | torch.device) -> LossPlan:
         """Move the index tensors to ``device``."""
@@ -481,9 +496,77 @@ class LossPlan:
             self._device = device
         return self
 
+    def _interpreter(self, obs: torch.Tensor, reward: torch.Tensor,
+                     blocks: list[torch.Tensor]) -> VMCode | None:
+        """The interpreter's code for this batch, or None where the torch groups run."""
+        if self.engine == "torch":
+            return None
+        why = None
+        if not all(t.device.type == "cpu" and t.dtype == torch.float32
+                   for t in (obs, reward, *blocks)):
+            why = "it runs on CPU float32 tensors only"
+        elif lossvm.library() is None:
+            why = "it could not be built (see the warning above)"
+        vm = None
+        if why is None:
+            K, B = reward.shape
+            vm = self.vm_code(B, blocks[0].shape[-1], math.prod(obs.shape[2:]))
+            if vm is None:
+                why = "some op has no interpreter form"
+        if why is not None and self.engine == "c":
+            raise RuntimeError(f"engine='c': the compiled loss interpreter cannot run: {why}")
+        return vm
+
     def needs(self, net_slot: int, state_slot: int) -> bool:
         """True if some program calls that network on that state."""
         return (net_slot, state_slot) in self.combos
+
+    def vm_code(self, B: int, A: int, D: int) -> VMCode | None:
+        """The programs as the compiled interpreter's instructions for batch size ``B``, ``A``
+        actions and ``D`` state features (cached); None if some op has no VM form."""
+        key = (B, A, D)
+        if key not in self._vm:
+            qvalues = {}  # (agent, node) -> net slot, for the Q-network calls
+            agents, grads, outputs = [], [], []
+            for k, p in enumerate(self.programs):
+                nodes, grad = [], set()
+                for i in p.live():
+                    if i < N_INPUTS:
+                        continue
+                    n = p.node(i)
+                    if n.op == "QValues":
+                        qvalues[(k, i)] = n.inputs[0]
+                        if n.inputs[0] == _ONLINE:
+                            grad.add(i)
+                        continue
+                    if OPS[n.op].arity == 0:
+                        continue
+                    if n.op != "ArgMaxList" and any(j in grad for j in n.inputs):
+                        grad.add(i)
+                    nodes.append((n.op, tuple(p.types[j] for j in n.inputs), p.types[i],
+                                  n.inputs, i))
+                agents.append(nodes)
+                grads.append(grad)
+                outputs.append(p.output)
+            fixed = {_REWARD: (lossvm.REWARD, B), _DISCOUNT: (lossvm.DISCOUNT, B),
+                     _ACTION: (lossvm.ACTION, B), _S_T: (lossvm.OBS, B * D),
+                     _S_TP1: (lossvm.NEXT, B * D)}
+
+            def locate(k: int, i: int) -> tuple[int, int]:
+                if i in fixed:
+                    base, size = fixed[i]
+                    return base, k * size
+                if (k, i) in qvalues:
+                    return lossvm.QVAL, self._where[k][i][1] * B * A
+                if (k, i) in self._draw_row:
+                    return lossvm.DRAWS, self._draw_row[(k, i)] * B
+                return lossvm.CONST, self._const_row[float(self.programs[k].node(i).value)] * B
+
+            try:
+                self._vm[key] = VMCode(self.K, B, A, D, agents, locate, outputs, grads)
+            except NotImplementedError:
+                self._vm[key] = None
+        return self._vm[key]
 
     def losses(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                next_obs: torch.Tensor, done: torch.Tensor, online: StackedQ, target: StackedQ,
@@ -526,6 +609,7 @@ class LossPlan:
                 else:
                     q_cache[key] = net(x)
             blocks.append(q_cache[key])
+        vm = self._interpreter(obs, reward, blocks)
         r_blocks = [reward, discount]
         if self.random_nodes:
             draws = []
@@ -544,6 +628,13 @@ class LossPlan:
         if self.constants:
             r_blocks.append(torch.tensor(self.constants, dtype=reward.dtype, device=reward.device)
                             .unsqueeze(1).expand(-1, B))
+        if vm is not None:
+            const_at = 3 if self.random_nodes else 2
+            fixed = [reward.contiguous(), discount.contiguous(), action.to(torch.float32),
+                     obs.contiguous(), next_obs.contiguous(),
+                     r_blocks[2] if self.random_nodes else None,
+                     r_blocks[const_at].contiguous() if self.constants else None]
+            return VMLoss.apply(vm, fixed, *blocks)
         banks: dict[str, torch.Tensor] = {"R": torch.cat(r_blocks), "Z": action,
                                           "S": torch.cat([obs, next_obs]),
                                           "L": torch.cat(blocks)}

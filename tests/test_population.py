@@ -31,8 +31,9 @@ def _programs(n: int, seed: int) -> list:
     return progs
 
 
+@pytest.mark.parametrize("engine", ["c", "torch"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_grouped_losses_equal_each_programs_own_loss(seed):
+def test_grouped_losses_equal_each_programs_own_loss(seed, engine):
     progs = _programs(48, seed)
     K, B, D, A = len(progs), 16, 4, 3
     gens = [torch.Generator().manual_seed(100 * seed + k) for k in range(K)]
@@ -44,7 +45,7 @@ def test_grouped_losses_equal_each_programs_own_loss(seed):
     action = torch.randint(0, A, (K, B), generator=g)
     reward = torch.randn(K, B, generator=g)
     done = (torch.rand(K, B, generator=g) < 0.2).float()
-    plan = LossPlan(progs)
+    plan = LossPlan(progs, engine=engine)
     # random ops draw agent by agent, node by node: the reference below draws in that order
     losses = plan.losses(obs, action, reward, next_obs, done, online, target, 0.99,
                          torch.Generator().manual_seed(42))
