@@ -186,27 +186,31 @@ class VMCode:
         self.ws_size = ws
         """Floats of computed values per evaluation."""
 
-    def run(self, bases: list[torch.Tensor]) -> torch.Tensor:
-        """The per-agent losses ``[K]`` (forward only); ``bases[0]`` receives the values."""
-        lib = library()
-        losses = torch.empty(self.K, dtype=torch.float32)
-        ptrs = (ctypes.c_void_p * N_BASES)(*[b.data_ptr() if b is not None else None
-                                            for b in bases])
-        lib.lossvm_forward(self.code.ctypes.data, self.start.ctypes.data, self.out.ctypes.data,
-                           self.K, self.B, ptrs, losses.data_ptr())
-        return losses
+    def forward(self, bases: list[torch.Tensor | None], losses: torch.Tensor, k0: int = 0,
+                k1: int | None = None) -> None:
+        """Write agents ``k0..k1``'s losses into ``losses[k0:k1]`` (``[K]`` float32) and their
+        computed values into ``bases[0]``."""
+        k1 = self.K if k1 is None else k1
+        if k1 > k0:
+            library().lossvm_forward(self.code.ctypes.data, self.start.ctypes.data + 8 * k0,
+                                     self.out.ctypes.data + 16 * k0, k1 - k0, self.B,
+                                     _pointers(bases), losses.data_ptr() + 4 * k0)
 
-    def grad(self, bases: list[torch.Tensor], gbases: list[torch.Tensor | None],
-             dloss: torch.Tensor) -> None:
-        """Accumulate the gradients of ``sum_k dloss[k] * loss[k]`` into ``gbases``."""
-        lib = library()
-        ptrs = (ctypes.c_void_p * N_BASES)(*[b.data_ptr() if b is not None else None
-                                            for b in bases])
-        gptrs = (ctypes.c_void_p * N_BASES)(*[g.data_ptr() if g is not None else None
-                                             for g in gbases])
-        dloss = dloss.to(torch.float32).contiguous()
-        lib.lossvm_backward(self.code.ctypes.data, self.start.ctypes.data, self.out.ctypes.data,
-                            self.K, self.B, ptrs, gptrs, dloss.data_ptr())
+    def backward(self, bases: list[torch.Tensor | None], gbases: list[torch.Tensor | None],
+                 dloss: torch.Tensor, k0: int = 0, k1: int | None = None) -> None:
+        """Accumulate the gradients of ``sum_k dloss[k] * loss[k]`` over agents ``k0..k1``
+        into ``gbases`` (zeroed by the caller; ``dloss`` ``[K]`` float32)."""
+        k1 = self.K if k1 is None else k1
+        if k1 > k0:
+            library().lossvm_backward(self.code.ctypes.data, self.start.ctypes.data + 8 * k0,
+                                      self.out.ctypes.data + 16 * k0, k1 - k0, self.B,
+                                      _pointers(bases), _pointers(gbases),
+                                      dloss.data_ptr() + 4 * k0)
+
+
+def _pointers(tensors: list[torch.Tensor | None]):
+    return (ctypes.c_void_p * N_BASES)(*[t.data_ptr() if t is not None else None
+                                         for t in tensors])
 
 
 class VMLoss(torch.autograd.Function):
@@ -219,7 +223,8 @@ class VMLoss(torch.autograd.Function):
         q = q.detach().contiguous()
         ws = torch.empty(vm.ws_size, dtype=torch.float32)
         bases = [ws, *fixed[:5], q, *fixed[5:]]
-        losses = vm.run(bases)
+        losses = torch.empty(vm.K, dtype=torch.float32)
+        vm.forward(bases, losses)
         ctx.vm, ctx.bases = vm, bases
         ctx.sizes = [len(b) for b in blocks]
         return losses
@@ -231,7 +236,7 @@ class VMLoss(torch.autograd.Function):
         gq = torch.zeros_like(bases[QVAL])
         gbases = [None] * N_BASES
         gbases[WS], gbases[QVAL] = gws, gq
-        vm.grad(bases, gbases, dloss)
+        vm.backward(bases, gbases, dloss.to(torch.float32).contiguous())
         pieces = gq.split(ctx.sizes)
         grads = [g if ctx.needs_input_grad[2 + i] else None for i, g in enumerate(pieces)]
         return (None, None, *grads)

@@ -328,6 +328,11 @@ def _grouped(op_name: str, args: list[torch.Tensor], types: tuple[Type, ...]) ->
     return op.torch(*args)
 
 
+def _take(x: torch.Tensor, who: slice | torch.Tensor) -> torch.Tensor:
+    """Rows ``who`` of ``x``: a view for a slice, a gather for an index tensor."""
+    return x[who] if isinstance(who, slice) else x.index_select(0, who)
+
+
 def _classes(p: Program) -> list[str]:
     """The bank class of every node of ``p`` (inputs included)."""
     return [_CLASS.get(t, "-") for t in p.types]
@@ -476,7 +481,7 @@ class LossPlan:
         # constants' order
         self._where, self._const_row = where, const_row
         self._draw_row = {(k, i): j for j, (k, i, _op) in enumerate(self.random_nodes)}
-        self._vm: dict[tuple[int, int, int], VMCode | None] = {}
+        self._vm: dict[tuple, Any] = {}  # interpreter code by (B, A, D), chunks by size
         self.engine = engine_setting() if engine is None else engine
         """``auto`` (the compiled interpreter where it can run: CPU, float32, a C compiler;
         else the grouped torch evaluation), ``c`` (the interpreter or an error) or
@@ -496,26 +501,168 @@ class LossPlan:
             self._device = device
         return self
 
-    def _interpreter(self, obs: torch.Tensor, reward: torch.Tensor,
-                     blocks: list[torch.Tensor]) -> VMCode | None:
-        """The interpreter's code for this batch, or None where the torch groups run."""
+    def _interpreter(self, tensors: Sequence[torch.Tensor], n_actions: int) -> VMCode | None:
+        """The interpreter's code for a batch (``tensors``: obs, reward, then any others it
+        must read), or None where the torch groups run."""
         if self.engine == "torch":
             return None
         why = None
-        if not all(t.device.type == "cpu" and t.dtype == torch.float32
-                   for t in (obs, reward, *blocks)):
+        if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
             why = "it runs on CPU float32 tensors only"
         elif lossvm.library() is None:
             why = "it could not be built (see the warning above)"
         vm = None
         if why is None:
-            K, B = reward.shape
-            vm = self.vm_code(B, blocks[0].shape[-1], math.prod(obs.shape[2:]))
+            obs, reward = tensors[0], tensors[1]
+            vm = self.vm_code(reward.shape[1], n_actions, math.prod(obs.shape[2:]))
             if vm is None:
                 why = "some op has no interpreter form"
         if why is not None and self.engine == "c":
             raise RuntimeError(f"engine='c': the compiled loss interpreter cannot run: {why}")
         return vm
+
+    def _sources(self, reward: torch.Tensor, generator) -> tuple[torch.Tensor | None,
+                                                                 torch.Tensor | None]:
+        """The random ops' draws ``[n, B]`` (agent by agent, node by node; see
+        :meth:`losses`) and the constants ``[c, B]``; None where there are none."""
+        B = reward.shape[1]
+        like = {"dtype": reward.dtype, "device": reward.device}
+        draws = consts = None
+        if self.random_nodes:
+            rows = []
+            per_agent = isinstance(generator, (list, tuple))
+            for k, _i, op_name in self.random_nodes:
+                g = generator[k] if per_agent else generator
+                if per_agent and g is None:
+                    rows.append(torch.zeros(B, **like))
+                    continue
+                fn = torch.randn if op_name == "Normal" else torch.rand
+                if g is not None and g.device != reward.device:  # CPU streams, as dqn.train
+                    rows.append(fn(B, generator=g, dtype=reward.dtype).to(reward.device))
+                else:
+                    rows.append(fn(B, generator=g, **like))
+            draws = torch.stack(rows)
+        if self.constants:
+            consts = torch.tensor(self.constants, **like).unsqueeze(1).expand(-1, B).contiguous()
+        return draws, consts
+
+    @staticmethod
+    def _fixed(obs, action, reward, next_obs, discount, draws, consts) -> list:
+        """The interpreter's read-only bases after the workspace (see lossvm.VMLoss)."""
+        return [reward.contiguous(), discount.contiguous(), action.to(torch.float32),
+                obs.contiguous(), next_obs.contiguous(), draws, consts]
+
+    def _chunks(self, chunk: int) -> list[tuple]:
+        """Per chunk of agents ``k0..k1``: per Q-network call, the L-bank rows it fills and
+        the agents making it (a slice when they are ``k0..k1``, else an index tensor)."""
+        key = ("chunks", chunk)
+        if key not in self._vm:
+            out = []
+            starts = np.cumsum([0] + [len(self.combo_agents[c]) for c in self.combos])
+            for k0 in range(0, self.K, chunk):
+                k1 = min(self.K, k0 + chunk)
+                calls = []
+                for c, start in zip(self.combos, starts[:-1], strict=True):
+                    agents = self.combo_agents[c].numpy()
+                    p0, p1 = np.searchsorted(agents, [k0, k1])
+                    if p1 == p0:
+                        continue
+                    who = (slice(k0, k1) if p1 - p0 == k1 - k0
+                           else torch.as_tensor(agents[p0:p1]))
+                    calls.append((c, slice(int(start + p0), int(start + p1)), who))
+                out.append((k0, k1, calls))
+            self._vm[key] = out
+        return self._vm[key]
+
+    def fused_update(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+                     next_obs: torch.Tensor, done: torch.Tensor, online: StackedQ,
+                     target: StackedQ, gamma: float, generator, learn: torch.Tensor,
+                     max_loss: float, chunk: int = 64
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The per-agent losses and their gradients, chunk by chunk of agents, without
+        autograd; None where the interpreter cannot run (then use :meth:`losses`).
+
+        For each chunk of ``chunk`` agents: the Q-network calls, the interpreter's forward,
+        the mask ``ok`` (loss finite, ``|loss| <= max_loss``, ``learn``), the interpreter's
+        backward of the ``ok`` losses' sum and the networks' written-out backward, while the
+        chunk's weights and activations are still in cache (the whole population's
+        activations are several MiB at K=512). Sets ``p.grad`` of the online network's
+        tensors; returns ``(losses [K], ok [K], online Q-values on s_t [K, B, A])``.
+        """
+        K, B = action.shape
+        A = online.weights[-1].shape[1]
+        vm = self._interpreter([obs, reward, next_obs, *online.parameters], A)
+        if vm is None:
+            return None
+        discount = gamma * (1.0 - done.to(reward.dtype))
+        draws, consts = self._sources(reward, generator)
+        fixed = self._fixed(obs, action, reward, next_obs, discount, draws, consts)
+        n_rows = sum(len(self.combo_agents[c]) for c in self.combos)
+        q = torch.empty(n_rows, B, A)
+        gq = torch.zeros(n_rows, B, A)
+        ws, gws = torch.empty(vm.ws_size), torch.zeros(vm.ws_size)
+        bases = [ws, *fixed[:5], q, *fixed[5:]]
+        gbases = [gws] + [None] * (lossvm.N_BASES - 1)
+        gbases[lossvm.QVAL] = gq
+        losses = torch.empty(K)
+        dloss = torch.empty(K)
+        w_on = [w.detach() for w in online.weights]
+        b_on = [b.detach() for b in online.biases]
+        w_tg = [w.detach() for w in target.weights]
+        b_tg = [b.detach() for b in target.biases]
+        grads = [torch.empty_like(p) for p in online.parameters]
+        n = len(w_on)
+        states = {_S_T: obs, _S_TP1: next_obs}
+        for k0, k1, calls in self._chunks(chunk):
+            mine = slice(k0, k1)
+            on_w, on_b = [w[mine] for w in w_on], [b[mine] for b in b_on]
+            saved = []  # (rows, hs, weights, local agents or None) of each online call
+            joint = None
+            for c, rows, who in calls:
+                net_slot, state_slot = c
+                if c == (_ONLINE, _S_TP1) and isinstance(who, slice):
+                    continue  # with s_t, below
+                x = states[state_slot]
+                if net_slot == TARGET:
+                    out, _ = _mlp_forward(_take(x, who), [_take(w, who) for w in w_tg],
+                                          [_take(b, who) for b in b_tg])
+                    q[rows] = out.transpose(1, 2)
+                elif state_slot == _S_T:  # every agent, first block: rows k0..k1
+                    both = [r for cc, r, wh in calls
+                            if cc == (_ONLINE, _S_TP1) and isinstance(wh, slice)]
+                    if both:  # every agent of the chunk on both states: one call
+                        out, hs = _mlp_forward(torch.cat([obs[mine], next_obs[mine]], 1),
+                                               on_w, on_b)
+                        q[rows] = out[:, :, :B].transpose(1, 2)
+                        q[both[0]] = out[:, :, B:].transpose(1, 2)
+                        joint = both[0]
+                    else:
+                        out, hs = _mlp_forward(obs[mine], on_w, on_b)
+                        q[rows] = out.transpose(1, 2)
+                    saved.append((rows, hs, on_w, None))
+                else:  # the online net on s_{t+1}, some of the chunk's agents
+                    sw = [_take(w, who) for w in w_on]
+                    out, hs = _mlp_forward(_take(x, who), sw, [_take(b, who) for b in b_on])
+                    q[rows] = out.transpose(1, 2)
+                    saved.append((rows, hs, sw, who - k0))
+            vm.forward(bases, losses, k0, k1)
+            part = losses[mine]
+            dloss[mine] = (torch.isfinite(part) & ~(part.abs() > max_loss) & learn[mine]).float()
+            vm.backward(bases, gbases, dloss, k0, k1)
+            for i, (rows, hs, wl, local) in enumerate(saved):
+                g = gq[rows]
+                if i == 0 and joint is not None:
+                    g = torch.cat([g, gq[joint]], 1)
+                _, dws, dbs = _mlp_backward(g, hs, wl, False, [True] * n, [True] * n)
+                for full, d in zip(grads, [t for pair in zip(dws, dbs, strict=True)
+                                           for t in pair], strict=True):
+                    if local is None:
+                        full[mine] = d
+                    else:
+                        full[mine].index_add_(0, local, d)
+        for p, g in zip(online.parameters, grads, strict=True):
+            p.grad = g
+        return losses, dloss.bool(), q[:K]
 
     def needs(self, net_slot: int, state_slot: int) -> bool:
         """True if some program calls that network on that state."""
@@ -609,32 +756,12 @@ class LossPlan:
                 else:
                     q_cache[key] = net(x)
             blocks.append(q_cache[key])
-        vm = self._interpreter(obs, reward, blocks)
-        r_blocks = [reward, discount]
-        if self.random_nodes:
-            draws = []
-            per_agent = isinstance(generator, (list, tuple))
-            for k, _i, op_name in self.random_nodes:
-                g = generator[k] if per_agent else generator
-                if per_agent and g is None:
-                    draws.append(torch.zeros(B, dtype=reward.dtype, device=reward.device))
-                    continue
-                fn = torch.randn if op_name == "Normal" else torch.rand
-                if g is not None and g.device != reward.device:  # CPU streams, as dqn.train
-                    draws.append(fn(B, generator=g, dtype=reward.dtype).to(reward.device))
-                else:
-                    draws.append(fn(B, generator=g, dtype=reward.dtype, device=reward.device))
-            r_blocks.append(torch.stack(draws))
-        if self.constants:
-            r_blocks.append(torch.tensor(self.constants, dtype=reward.dtype, device=reward.device)
-                            .unsqueeze(1).expand(-1, B))
+        vm = self._interpreter([obs, reward, *blocks], blocks[0].shape[-1])
+        draws, consts = self._sources(reward, generator)
         if vm is not None:
-            const_at = 3 if self.random_nodes else 2
-            fixed = [reward.contiguous(), discount.contiguous(), action.to(torch.float32),
-                     obs.contiguous(), next_obs.contiguous(),
-                     r_blocks[2] if self.random_nodes else None,
-                     r_blocks[const_at].contiguous() if self.constants else None]
-            return VMLoss.apply(vm, fixed, *blocks)
+            return VMLoss.apply(vm, self._fixed(obs, action, reward, next_obs, discount, draws,
+                                                consts), *blocks)
+        r_blocks = [reward, discount] + [t for t in (draws, consts) if t is not None]
         banks: dict[str, torch.Tensor] = {"R": torch.cat(r_blocks), "Z": action,
                                           "S": torch.cat([obs, next_obs]),
                                           "L": torch.cat(blocks)}
@@ -694,10 +821,15 @@ class Population:
 
     def __init__(self, env_id: str, config: DQNConfig | str = "paper", slots: int = 8, *,
                  vectorized: bool = True, compact: bool = True,
-                 callback: Callable[[Any, EpisodeRecord], None] | None = None):
+                 callback: Callable[[Any, EpisodeRecord], None] | None = None,
+                 chunk: int = 64):
         self.config = config = get_config(config) if isinstance(config, str) else config
         if int(slots) < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
+        if int(chunk) < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        self.chunk = int(chunk)
+        """Agents per chunk of the fused update (CPU interpreter; see LossPlan.fused_update)."""
         keep_freed_memory()
         self.slots = S = int(slots)
         """Agents trained at once."""
@@ -978,25 +1110,34 @@ class Population:
                 if self.plan.random_nodes else None)  # only the loss's random ops use them
         b = self.replay.sample(rows, learn, cfg.batch_size, self.sampling, self.divisor)
         online, target = self.online, self.target
-        q_cache: dict = {}
-        try:
-            losses = self.plan.losses(b["obs"], b["action"], b["reward"], b["next_obs"],
-                                      b["done"], online, target, cfg.gamma, gens, q_cache)
-        except Exception as e:  # a wild op must not kill the batch: every agent fails with it
-            return {j: f"loss raised {type(e).__name__}: {e}" for j in np.flatnonzero(learn)}
-        q_sa = q_cache.get((_ONLINE, _S_T))
-        if q_sa is None:
-            with torch.no_grad():
-                q_sa = online(b["obs"])
-        q_taken = q_sa.detach().gather(2, b["action"].unsqueeze(2)).squeeze(2).mean(1)
-        values = losses.detach()
-        learn_t = torch.as_tensor(learn, device=values.device)
-        ok = torch.isfinite(values) & ~(values.abs() > cfg.max_loss) & learn_t
-        total = torch.where(ok, losses, torch.zeros_like(losses)).sum()
+        learn_t = torch.as_tensor(learn, device=self.device)
         for p in online.parameters:
             p.grad = None
-        if total.requires_grad:
-            total.backward()
+        try:
+            fused = self.plan.fused_update(b["obs"], b["action"], b["reward"], b["next_obs"],
+                                           b["done"], online, target, cfg.gamma, gens, learn_t,
+                                           cfg.max_loss, self.chunk)
+            if fused is None:  # the grouped torch evaluation, through autograd
+                q_cache: dict = {}
+                losses = self.plan.losses(b["obs"], b["action"], b["reward"], b["next_obs"],
+                                          b["done"], online, target, cfg.gamma, gens, q_cache)
+        except Exception as e:  # a wild op must not kill the batch: every agent fails with it
+            return {j: f"loss raised {type(e).__name__}: {e}" for j in np.flatnonzero(learn)}
+        if fused is not None:
+            values, ok, q_sa = fused
+            differentiable = True
+        else:
+            q_sa = q_cache.get((_ONLINE, _S_T))
+            if q_sa is None:
+                with torch.no_grad():
+                    q_sa = online(b["obs"])
+            values = losses.detach()
+            ok = torch.isfinite(values) & ~(values.abs() > cfg.max_loss) & learn_t
+            total = torch.where(ok, losses, torch.zeros_like(losses)).sum()
+            differentiable = total.requires_grad
+            if differentiable:
+                total.backward()
+        q_taken = q_sa.detach().gather(2, b["action"].unsqueeze(2)).squeeze(2).mean(1)
         grads = [p.grad for p in online.parameters]
         if all(g is not None for g in grads):
             grad_ok = torch.isfinite(torch.stack([g.flatten(1).sum(1) for g in grads]).sum(0))
@@ -1015,7 +1156,7 @@ class Population:
                 failed[j] = "gradient is not finite"
         stepped = learn.copy()
         stepped[list(failed)] = False
-        if total.requires_grad:
+        if differentiable:
             self._adam(stepped, learn)
         ks = rows[stepped]
         self.loss_sum[ks] += values_np[stepped]

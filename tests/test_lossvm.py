@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from test_population import _programs
+from test_population import _programs, _td_loss
 
 from evorl_nb import library, lossvm
 from evorl_nb.population import LossPlan, StackedQ
@@ -227,3 +227,40 @@ def test_engine_setting_reads_the_environment(monkeypatch):
     monkeypatch.setenv("EVORL_NB_LOSS_ENGINE", "gpu")
     with pytest.raises(ValueError, match="EVORL_NB_LOSS_ENGINE"):
         lossvm.engine_setting()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 500])
+def test_fused_update_equals_autograd_through_the_interpreter(chunk):
+    # chunk by chunk without autograd (LossPlan.fused_update) against one autograd pass; the
+    # first 14 agents all differentiate through the online net on s_{t+1} (chunks of 7 make
+    # it one joint call with s_t), the others sometimes (a subset, index-added into the
+    # gradients)
+    progs = [_td_loss("q")] * 14 + _programs(K_PROGRAMS - 14, 5)
+    obs, action, reward, next_obs, done = _batch(5)
+    learn = torch.rand(K_PROGRAMS, generator=torch.Generator().manual_seed(3)) < 0.8
+    gens = [torch.Generator().manual_seed(k) for k in range(K_PROGRAMS)]
+    plan = LossPlan(progs, engine="c")
+    assert 0 < len(plan.combo_agents[(0, 4)]) < K_PROGRAMS  # some agents use the subset
+
+    online, target = _nets(5)
+    losses = plan.losses(obs, action, reward, next_obs, done, online, target, 0.99, gens)
+    values = losses.detach()
+    ok = torch.isfinite(values) & ~(values.abs() > 1e6) & learn
+    torch.where(ok, losses, torch.zeros_like(losses)).sum().backward()
+    want = [p.grad for p in online.parameters]
+
+    online, target = _nets(5)
+    gens = [torch.Generator().manual_seed(k) for k in range(K_PROGRAMS)]
+    got_values, got_ok, q_sa = plan.fused_update(obs, action, reward, next_obs, done, online,
+                                                 target, 0.99, gens, learn, 1e6, chunk)
+    assert torch.equal(got_ok, ok) and 0 < int(ok.sum()) < K_PROGRAMS
+    assert torch.allclose(got_values, values, rtol=1e-6, atol=1e-7, equal_nan=True)
+    with torch.no_grad():
+        assert torch.allclose(q_sa, online(obs), rtol=1e-6, atol=1e-6)
+    for got, ref in zip((p.grad for p in online.parameters), want, strict=True):
+        assert torch.equal(torch.isfinite(got), torch.isfinite(ref))
+        scale = 1 + ref.nan_to_num(0, 0, 0).abs().amax(dim=(1, 2), keepdim=True)
+        assert ((got - ref).nan_to_num(0).abs() <= 1e-5 * scale).all()
+    auto = LossPlan(progs, engine="auto")  # float64: the autograd path's turn
+    assert auto.fused_update(obs.double(), action, reward.double(), next_obs.double(), done,
+                             online, target, 0.99, gens, learn, 1e6, chunk) is None
