@@ -318,9 +318,11 @@ static void backward_one(const int64_t *in, float *const *bases, float *const *g
 }
 
 /* Agent k runs instructions code[start[k]:start[k+1]]; its loss is the mean over the B
- * entries of the R value at (out[2k], out[2k+1]). */
+ * entries of the R value at (out[2k], out[2k+1]). With ok non-NULL, ok[k] = 1 if the loss
+ * is finite, |loss| <= max_loss and learn[k] != 0, else 0 (the weight of its gradient). */
 void lossvm_forward(const int64_t *code, const int64_t *start, const int64_t *out, int64_t K,
-                    int64_t B, float *const *bases, float *losses)
+                    int64_t B, float *const *bases, float *losses, const uint8_t *learn,
+                    float max_loss, float *ok)
 {
     for (int64_t k = 0; k < K; k++) {
         for (int64_t j = start[k]; j < start[k + 1]; j++) forward_one(code + j * NF, bases);
@@ -328,6 +330,7 @@ void lossvm_forward(const int64_t *code, const int64_t *start, const int64_t *ou
         double s = 0.;
         for (int64_t r = 0; r < B; r++) s += v[r];
         losses[k] = (float)(s / (double)B);
+        if (ok) ok[k] = (isfinite(losses[k]) && !(fabsf(losses[k]) > max_loss) && learn[k]);
     }
 }
 

@@ -113,7 +113,8 @@ def library() -> ctypes.CDLL | None:
                       "small K, same results)", RuntimeWarning, stacklevel=2)
         return None
     p = ctypes.c_void_p
-    lib.lossvm_forward.argtypes = [p, p, p, ctypes.c_int64, ctypes.c_int64, p, p]
+    lib.lossvm_forward.argtypes = [p, p, p, ctypes.c_int64, ctypes.c_int64, p, p, p,
+                                   ctypes.c_float, p]
     lib.lossvm_backward.argtypes = [p, p, p, ctypes.c_int64, ctypes.c_int64, p, p, p]
     lib.lossvm_forward.restype = lib.lossvm_backward.restype = None
     _LIB = lib
@@ -187,14 +188,20 @@ class VMCode:
         """Floats of computed values per evaluation."""
 
     def forward(self, bases: list[torch.Tensor | None], losses: torch.Tensor, k0: int = 0,
-                k1: int | None = None) -> None:
+                k1: int | None = None, ok: tuple[torch.Tensor, torch.Tensor, float] | None = None
+                ) -> None:
         """Write agents ``k0..k1``'s losses into ``losses[k0:k1]`` (``[K]`` float32) and their
-        computed values into ``bases[0]``."""
+        computed values into ``bases[0]``. ``ok=(learn, out, max_loss)`` also writes
+        ``out[k] = 1.0`` where the loss is finite, ``|loss| <= max_loss`` and ``learn[k]``
+        (``[K]`` bool), else 0.0 (``out``: ``[K]`` float32)."""
         k1 = self.K if k1 is None else k1
         if k1 > k0:
-            library().lossvm_forward(self.code.ctypes.data, self.start.ctypes.data + 8 * k0,
-                                     self.out.ctypes.data + 16 * k0, k1 - k0, self.B,
-                                     _pointers(bases), losses.data_ptr() + 4 * k0)
+            learn, out, max_loss = ok if ok is not None else (None, None, 0.0)
+            library().lossvm_forward(
+                self.code.ctypes.data, self.start.ctypes.data + 8 * k0,
+                self.out.ctypes.data + 16 * k0, k1 - k0, self.B, _pointers(bases),
+                losses.data_ptr() + 4 * k0, None if learn is None else learn.data_ptr() + k0,
+                max_loss, None if out is None else out.data_ptr() + 4 * k0)
 
     def backward(self, bases: list[torch.Tensor | None], gbases: list[torch.Tensor | None],
                  dloss: torch.Tensor, k0: int = 0, k1: int | None = None) -> None:

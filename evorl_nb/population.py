@@ -14,9 +14,12 @@ operation instead:
   precomputed stacked values (online or target net on ``s_t`` or ``s_{t+1}``), and the
   remaining nodes are evaluated level by level (a node's level is one more than its
   deepest input), one batched call per (level, op, input types) group across all agents,
-  each level's inputs gathered from the value banks in one call per bank. The per-agent
-  losses are **summed** (never averaged) into the value that is
-  differentiated, so each agent receives exactly its own gradient.
+  each level's inputs gathered from the value banks in one call per bank. On CPU the
+  same nodes run instead in a compiled interpreter (:mod:`evorl_nb.lossvm`: every agent's
+  program, forward and backward, in one C call each), and the update runs chunk by chunk
+  of agents without autograd (:meth:`LossPlan.fused_update`). The per-agent losses are
+  **summed** (never averaged) into the value that is differentiated, so each agent
+  receives exactly its own gradient.
 * **Failures** are per agent: a loss that turns NaN/inf, explodes or whose gradient is not
   finite stops that agent (recorded with the reason, as :func:`evorl_nb.dqn.train` does);
   the others go on.
@@ -144,23 +147,25 @@ def _mlp_forward(x: torch.Tensor, ws, bs) -> tuple[torch.Tensor, list[torch.Tens
     return h, hs
 
 
-def _mlp_backward(grad: torch.Tensor, hs, ws, need_x: bool, need_w, need_b):
+def _mlp_backward(grad: torch.Tensor, hs, ws, need_x: bool, need_w, need_b, out=None):
     """The written-out backward of :func:`_mlp_forward`: (dx, [dW], [db]) for the gradient
-    ``grad`` ``[K, N, out]`` of its (transposed) output."""
+    ``grad`` ``[K, N, out]`` of its (transposed) output. ``out=(dws, dbs)``: contiguous
+    tensors to write the gradients into (then returned)."""
     n = len(ws)
     g = grad.transpose(1, 2).contiguous()
-    dws: list[torch.Tensor | None] = [None] * n
-    dbs: list[torch.Tensor | None] = [None] * n
+    dws: list[torch.Tensor | None] = [None] * n if out is None else list(out[0])
+    dbs: list[torch.Tensor | None] = [None] * n if out is None else list(out[1])
     dx = None
     for i in range(n - 1, -1, -1):
         h, w = hs[i], ws[i]
         if need_b[i]:
-            dbs[i] = g.sum(2, keepdim=True)
+            dbs[i] = torch.sum(g, 2, keepdim=True, out=dbs[i])
         if need_w[i]:
             if w.shape[2] < w.shape[1]:  # fewer inputs than outputs: (h @ g^T)^T
-                dws[i] = torch.bmm(h, g.transpose(1, 2)).transpose(1, 2)
+                d = torch.bmm(h, g.transpose(1, 2)).transpose(1, 2)
+                dws[i] = d if dws[i] is None else dws[i].copy_(d)
             else:
-                dws[i] = torch.bmm(g, h.transpose(1, 2))
+                dws[i] = torch.bmm(g, h.transpose(1, 2), out=dws[i])
         if i > 0:
             g = torch.ops.aten.threshold_backward(torch.bmm(w.transpose(1, 2), g), h, 0)
         elif need_x:
@@ -605,7 +610,8 @@ class LossPlan:
         gbases = [gws] + [None] * (lossvm.N_BASES - 1)
         gbases[lossvm.QVAL] = gq
         losses = torch.empty(K)
-        dloss = torch.empty(K)
+        dloss = torch.empty(K)  # 1.0 where the agent's loss counts (ok), else 0.0
+        learn_u8 = learn.to(torch.uint8).contiguous()
         w_on = [w.detach() for w in online.weights]
         b_on = [b.detach() for b in online.biases]
         w_tg = [w.detach() for w in target.weights]
@@ -645,21 +651,21 @@ class LossPlan:
                     out, hs = _mlp_forward(_take(x, who), sw, [_take(b, who) for b in b_on])
                     q[rows] = out.transpose(1, 2)
                     saved.append((rows, hs, sw, who - k0))
-            vm.forward(bases, losses, k0, k1)
-            part = losses[mine]
-            dloss[mine] = (torch.isfinite(part) & ~(part.abs() > max_loss) & learn[mine]).float()
+            vm.forward(bases, losses, k0, k1, ok=(learn_u8, dloss, max_loss))
             vm.backward(bases, gbases, dloss, k0, k1)
             for i, (rows, hs, wl, local) in enumerate(saved):
                 g = gq[rows]
                 if i == 0 and joint is not None:
                     g = torch.cat([g, gq[joint]], 1)
+                if local is None:  # every agent of the chunk: straight into its rows
+                    _mlp_backward(g, hs, wl, False, [True] * n, [True] * n,
+                                  out=([d[mine] for d in grads[0::2]],
+                                       [d[mine] for d in grads[1::2]]))
+                    continue
                 _, dws, dbs = _mlp_backward(g, hs, wl, False, [True] * n, [True] * n)
                 for full, d in zip(grads, [t for pair in zip(dws, dbs, strict=True)
                                            for t in pair], strict=True):
-                    if local is None:
-                        full[mine] = d
-                    else:
-                        full[mine].index_add_(0, local, d)
+                    full[mine].index_add_(0, local, d)
         for p, g in zip(online.parameters, grads, strict=True):
             p.grad = g
         return losses, dloss.bool(), q[:K]
