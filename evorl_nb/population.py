@@ -582,7 +582,7 @@ class LossPlan:
     def fused_update(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                      next_obs: torch.Tensor, done: torch.Tensor, online: StackedQ,
                      target: StackedQ, gamma: float, generator, learn: torch.Tensor,
-                     max_loss: float, chunk: int = 64
+                     max_loss: float, chunk: int = 128
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The per-agent losses and their gradients, chunk by chunk of agents, without
         autograd; None where the interpreter cannot run (then use :meth:`losses`).
@@ -828,7 +828,7 @@ class Population:
     def __init__(self, env_id: str, config: DQNConfig | str = "paper", slots: int = 8, *,
                  vectorized: bool = True, compact: bool = True,
                  callback: Callable[[Any, EpisodeRecord], None] | None = None,
-                 chunk: int = 64):
+                 chunk: int = 128):
         self.config = config = get_config(config) if isinstance(config, str) else config
         if int(slots) < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
