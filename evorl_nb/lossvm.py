@@ -10,7 +10,8 @@ backward through ``ctypes``; autograd sees one node whose inputs are the stacked
 
 The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``; no
 torch headers, ~1 s) into a per-user cache (``$EVORL_NB_CACHE``, else
-``~/.cache/evorl_nb``) keyed by the source's hash, and loaded with ``ctypes``. Without a
+``~/.cache/evorl_nb``; a per-user temp folder where that cannot be written) keyed by the
+source's hash, and loaded with ``ctypes``. Without a
 compiler, or on a GPU, or for float64, :class:`LossPlan` uses the grouped torch evaluation
 instead (same results to float rounding; tested against each other and against
 ``Program.loss``). ``EVORL_NB_LOSS_ENGINE=torch`` forces the torch evaluation.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -100,11 +102,21 @@ def library() -> ctypes.CDLL | None:
         return _LIB
     cc = os.environ.get("CC", "cc")
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([cc, *_FLAGS, sys.platform]).encode()).hexdigest()
-    target = _cache_dir() / f"lossvm-{key[:16]}.so"
+    key = hashlib.sha256(source + " ".join([cc, *_FLAGS, sys.platform, platform.machine()])
+                         .encode()).hexdigest()
+    name = f"lossvm-{key[:16]}.so"
+    # the cache, or where it cannot be written (a read-only home), a per-user temp folder
+    user = getattr(os, "getuid", lambda: "user")()
+    places = [_cache_dir() / name, Path(tempfile.gettempdir()) / f"evorl_nb-{user}" / name]
     try:
-        if not target.exists():
-            _build(cc, target)
+        for i, target in enumerate(places):
+            try:
+                if not target.exists():
+                    _build(cc, target)
+                break
+            except OSError:  # cannot write there (a read-only home, a file in the way, ...)
+                if i == len(places) - 1:
+                    raise
         lib = ctypes.CDLL(str(target))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         _LIB_ERROR = f"{type(e).__name__}: {e}"

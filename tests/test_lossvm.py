@@ -221,6 +221,18 @@ def test_the_library_is_built_once_into_the_cache(tmp_path):
     assert len(built) == 1 and not list(tmp_path.glob("*.tmp*"))  # no half-written file left
 
 
+def test_an_unwritable_cache_falls_back_to_a_temp_folder(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # the cache path runs through a file: it cannot be made
+    code = ("import warnings; warnings.simplefilter('error'); from evorl_nb import lossvm; "
+            "print(lossvm.library() is not None)")
+    env = dict(os.environ, EVORL_NB_CACHE=str(blocker / "cache"), TMPDIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stderr  # no warning either
+    assert len(list(tmp_path.glob("evorl_nb-*/lossvm-*.so"))) == 1
+
+
 def test_engine_setting_reads_the_environment(monkeypatch):
     monkeypatch.setenv("EVORL_NB_LOSS_ENGINE", "torch")
     assert lossvm.engine_setting() == "torch" and LossPlan([library.get("dqn")]).engine == "torch"
