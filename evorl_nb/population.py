@@ -1292,7 +1292,12 @@ def _decode(raw: np.ndarray, divisor, device) -> torch.Tensor:
 class _Replay:
     """One uniform replay buffer per slot: ``[slots, n, ...]`` tensors that grow by doubling
     up to ``capacity``, raw observations (uint8 grid codes stay uint8), each slot with its
-    own position and size."""
+    own position and size.
+
+    A transition is two rows: ``obs2[slot, i]`` holds s_t and s_{t+1} (``[2, D]``) and
+    ``scalars[slot, i]`` the action, reward and done flag (float32), so sampling is two
+    random-row gathers instead of five (at K=512 the buffers outgrow the cache, and each
+    gathered row is a cache miss)."""
 
     def __init__(self, slots: int, capacity: int, obs_dim: int, obs_dtype, device):
         self.capacity = capacity
@@ -1306,13 +1311,10 @@ class _Replay:
     def _alloc(self, slots: int, n: int) -> None:
         old = self.t
         d, dev = self.obs_dim, self.device
-        self.t = {"obs": torch.zeros(slots, n, d, dtype=self.obs_dtype, device=dev),
-                  "next_obs": torch.zeros(slots, n, d, dtype=self.obs_dtype, device=dev),
-                  "action": torch.zeros(slots, n, dtype=torch.long, device=dev),
-                  "reward": torch.zeros(slots, n, dtype=torch.float32, device=dev),
-                  "done": torch.zeros(slots, n, dtype=torch.float32, device=dev)}
+        self.t = {"obs2": torch.zeros(slots, n, 2, d, dtype=self.obs_dtype, device=dev),
+                  "scalars": torch.zeros(slots, n, 3, dtype=torch.float32, device=dev)}
         if old:
-            m = old["obs"].shape[1]
+            m = old["obs2"].shape[1]
             for k, v in old.items():
                 self.t[k][:, :m] = v
 
@@ -1325,16 +1327,15 @@ class _Replay:
         if not len(slots):
             return
         t = self.t
-        n_slots, n = t["obs"].shape[:2]
+        n_slots, n = t["obs2"].shape[:2]
         pos = self.pos[slots]
         if pos.max() >= n and n < self.capacity:
             self._alloc(n_slots, min(2 * n, self.capacity))
             t = self.t
         dev = self.device
-        fields = {"obs": torch.as_tensor(obs[slots]), "next_obs": torch.as_tensor(next_obs[slots]),
-                  "action": torch.as_tensor(action[slots]),
-                  "reward": torch.as_tensor(reward[slots], dtype=torch.float32),
-                  "done": torch.as_tensor(terminated[slots], dtype=torch.float32)}
+        fields = {"obs2": torch.from_numpy(np.stack([obs[slots], next_obs[slots]], 1)),
+                  "scalars": torch.from_numpy(np.stack(
+                      [action[slots], reward[slots], terminated[slots]], 1).astype(np.float32))}
         if len(slots) == n_slots and (pos == pos[0]).all():  # lockstep: one column
             i = int(pos[0])
             for k, v in fields.items():
@@ -1354,16 +1355,18 @@ class _Replay:
         Where ``learn[j]``, slot ``slots[j]`` draws its indices from its stream in
         ``streams`` (as the single trainer's ``Replay.sample``); elsewhere index 0 and no
         draw (a row that is not learning now, whose batch is ignored)."""
-        n, cap = len(slots), self.t["obs"].shape[1]
+        n, cap = len(slots), self.t["obs2"].shape[1]
         idx_np = np.zeros((n, batch_size), np.int64)
         drawing = slots[learn]
         idx_np[learn] = streams.integers(drawing, self.size[drawing], batch_size)
         idx = torch.from_numpy(idx_np).to(self.device)
         base = torch.as_tensor(slots, dtype=torch.long, device=self.device).unsqueeze(1) * cap
         flat = (idx + base).flatten()
-        out = {k: v.flatten(0, 1).index_select(0, flat).view(n, batch_size, *v.shape[2:])
-               for k, v in self.t.items()}
-        for k in ("obs", "next_obs"):
-            x = out[k].to(torch.float32)
-            out[k] = x / divisor if divisor is not None else x
+        obs2, sc = (v.flatten(0, 1).index_select(0, flat).view(n, batch_size, *v.shape[2:])
+                    for v in (self.t["obs2"], self.t["scalars"]))
+        sc = sc.permute(2, 0, 1).contiguous()  # [3, n, B]: each field contiguous
+        out = {"action": sc[0].long(), "reward": sc[1], "done": sc[2]}
+        for j, k in enumerate(("obs", "next_obs")):
+            x = obs2[:, :, j].to(torch.float32)
+            out[k] = x / divisor if divisor is not None else x.contiguous()
         return out
