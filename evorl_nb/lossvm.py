@@ -34,7 +34,7 @@ import torch
 
 from evorl_nb.ops import Type
 
-__all__ = ["library", "available", "engine_setting", "VMCode"]
+__all__ = ["library", "available", "engine_setting", "VMCode", "VMLoss", "bases"]
 
 _SOURCE = Path(__file__).with_name("_lossvm.c")
 _FLAGS = ["-O3", "-std=c99", "-shared", "-fPIC"]
@@ -227,6 +227,13 @@ class VMCode:
                                       dloss.data_ptr() + 4 * k0)
 
 
+def bases(workspace: torch.Tensor, fixed: list, q: torch.Tensor) -> list:
+    """The pointer table's tensors in base order: the workspace, ``fixed`` (reward,
+    discount, action, obs, next obs, draws, constants; see ``LossPlan._fixed``) with the
+    Q-values ``q`` after the next obs."""
+    return [workspace, *fixed[:5], q, *fixed[5:]]
+
+
 def _pointers(tensors: list[torch.Tensor | None]):
     return (ctypes.c_void_p * N_BASES)(*[t.data_ptr() if t is not None else None
                                          for t in tensors])
@@ -241,21 +248,21 @@ class VMLoss(torch.autograd.Function):
         q = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
         q = q.detach().contiguous()
         ws = torch.empty(vm.ws_size, dtype=torch.float32)
-        bases = [ws, *fixed[:5], q, *fixed[5:]]
+        table = bases(ws, fixed, q)
         losses = torch.empty(vm.K, dtype=torch.float32)
-        vm.forward(bases, losses)
-        ctx.vm, ctx.bases = vm, bases
+        vm.forward(table, losses)
+        ctx.vm, ctx.bases = vm, table
         ctx.sizes = [len(b) for b in blocks]
         return losses
 
     @staticmethod
     def backward(ctx, dloss):  # noqa: D102
-        vm, bases = ctx.vm, ctx.bases
-        gws = torch.zeros_like(bases[WS])
-        gq = torch.zeros_like(bases[QVAL])
+        vm, table = ctx.vm, ctx.bases
+        gws = torch.zeros_like(table[WS])
+        gq = torch.zeros_like(table[QVAL])
         gbases = [None] * N_BASES
         gbases[WS], gbases[QVAL] = gws, gq
-        vm.backward(bases, gbases, dloss.to(torch.float32).contiguous())
+        vm.backward(table, gbases, dloss.to(torch.float32).contiguous())
         pieces = gq.split(ctx.sizes)
         grads = [g if ctx.needs_input_grad[2 + i] else None for i, g in enumerate(pieces)]
         return (None, None, *grads)

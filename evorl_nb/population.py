@@ -590,9 +590,11 @@ class LossPlan:
         For each chunk of ``chunk`` agents: the Q-network calls, the interpreter's forward,
         the mask ``ok`` (loss finite, ``|loss| <= max_loss``, ``learn``), the interpreter's
         backward of the ``ok`` losses' sum and the networks' written-out backward, while the
-        chunk's weights and activations are still in cache (the whole population's
-        activations are several MiB at K=512). Sets ``p.grad`` of the online network's
-        tensors; returns ``(losses [K], ok [K], online Q-values on s_t [K, B, A])``.
+        chunk's weights and activations may still be in cache (the whole population's
+        activations are several MiB at K=512). Chunks of 128 against one chunk of every
+        agent: +2% a step at K=512 on one thread, +13% at K=1024 with two torch threads.
+        Sets ``p.grad`` of the online network's tensors; returns
+        ``(losses [K], ok [K], online Q-values on s_t [K, B, A])``.
         """
         K, B = action.shape
         A = online.weights[-1].shape[1]
@@ -606,7 +608,7 @@ class LossPlan:
         q = torch.empty(n_rows, B, A)
         gq = torch.zeros(n_rows, B, A)
         ws, gws = torch.empty(vm.ws_size), torch.zeros(vm.ws_size)
-        bases = [ws, *fixed[:5], q, *fixed[5:]]
+        bases = lossvm.bases(ws, fixed, q)
         gbases = [gws] + [None] * (lossvm.N_BASES - 1)
         gbases[lossvm.QVAL] = gq
         losses = torch.empty(K)
@@ -679,7 +681,7 @@ class LossPlan:
         actions and ``D`` state features (cached); None if some op has no VM form."""
         key = (B, A, D)
         if key not in self._vm:
-            qvalues = {}  # (agent, node) -> net slot, for the Q-network calls
+            qvalues = set()  # (agent, node) of the Q-network calls
             agents, grads, outputs = [], [], []
             for k, p in enumerate(self.programs):
                 nodes, grad = [], set()
@@ -688,7 +690,7 @@ class LossPlan:
                         continue
                     n = p.node(i)
                     if n.op == "QValues":
-                        qvalues[(k, i)] = n.inputs[0]
+                        qvalues.add((k, i))
                         if n.inputs[0] == _ONLINE:
                             grad.add(i)
                         continue
