@@ -152,10 +152,11 @@ class VMCode:
     """K programs as instructions for batch size ``B``, ``A`` actions and ``D`` state
     features (built by :meth:`LossPlan.vm_code`; see ``_lossvm.c`` for the layout).
 
-    ``nodes[k]`` lists agent k's computed nodes in evaluation order as ``(op name, input
-    types, output type, operand of each input, node index)``; ``locate(k, node)`` gives an
+    ``agents[k]`` lists agent k's computed nodes in evaluation order as ``(op name, input
+    types, output type, input node indices, node index)``; ``locate(k, node)`` gives an
     input's ``(base, offset)`` for nodes that are not computed (inputs, Q-values, draws,
-    constants); ``grad[k]`` the nodes that depend on the online network's Q-values.
+    constants); ``outputs[k]`` is agent k's output node and ``grads[k]`` the nodes that
+    depend on the online network's Q-values.
     """
 
     def __init__(self, K: int, B: int, A: int, D: int, agents: list[list[tuple]],
@@ -205,7 +206,7 @@ class VMCode:
         """Write agents ``k0..k1``'s losses into ``losses[k0:k1]`` (``[K]`` float32) and their
         computed values into ``bases[0]``. ``ok=(learn, out, max_loss)`` also writes
         ``out[k] = 1.0`` where the loss is finite, ``|loss| <= max_loss`` and ``learn[k]``
-        (``[K]`` bool), else 0.0 (``out``: ``[K]`` float32)."""
+        (``[K]`` bool or uint8), else 0.0 (``out``: ``[K]`` float32)."""
         k1 = self.K if k1 is None else k1
         if k1 > k0:
             learn, out, max_loss = ok if ok is not None else (None, None, 0.0)
