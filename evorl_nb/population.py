@@ -684,24 +684,20 @@ class LossPlan:
             qvalues = set()  # (agent, node) of the Q-network calls
             agents, grads, outputs = [], [], []
             for k, p in enumerate(self.programs):
-                nodes, grad = [], set()
-                for i in p.live():
-                    if i < N_INPUTS:
-                        continue
+                nodes = []
+                live = [i for i in p.live() if i >= N_INPUTS]
+                for i in live:
                     n = p.node(i)
                     if n.op == "QValues":
                         qvalues.add((k, i))
-                        if n.inputs[0] == _ONLINE:
-                            grad.add(i)
                         continue
                     if OPS[n.op].arity == 0:
                         continue
-                    if n.op != "ArgMaxList" and any(j in grad for j in n.inputs):
-                        grad.add(i)
                     nodes.append((n.op, tuple(p.types[j] for j in n.inputs), p.types[i],
                                   n.inputs, i))
                 agents.append(nodes)
-                grads.append(grad)
+                has_grad = p.grad_nodes()
+                grads.append({i for i in live if has_grad[i]})
                 outputs.append(p.output)
             fixed = {_REWARD: (lossvm.REWARD, B), _DISCOUNT: (lossvm.DISCOUNT, B),
                      _ACTION: (lossvm.ACTION, B), _S_T: (lossvm.OBS, B * D),
