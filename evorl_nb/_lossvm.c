@@ -12,6 +12,8 @@
  * so a constant column's std is exactly 0 here as there). Agents are independent: agent k
  * reads and writes only its own rows.
  *
+ * The second half of this file holds the networks' kernel (see its own comment below).
+ *
  * Build: cc -O3 -shared -fPIC (no -ffast-math: NaN and inf must behave as IEEE says).
  */
 #include <math.h>
@@ -348,3 +350,207 @@ void lossvm_backward(const int64_t *code, const int64_t *start, const int64_t *o
             if (code[j * NF + F_FLAGS] & GRAD_OUT) backward_one(code + j * NF, bases, gbases);
     }
 }
+
+/* ---- the networks: K stacked MLPs' forward and backward, one agent at a time ------------
+ *
+ * Agent k's weights are W[l] + a*out*in ([out, in], nn.Linear's layout) and biases
+ * b[l] + a*out, a = agents[k] (or k0 + k). Activations are batch-major ([N, width] per agent).
+ * One agent's whole network runs before the next one's, so its weights and activations stay
+ * in L1/L2 between layers (the stacked torch products sweep every agent's tensors through the
+ * cache once per layer). The products run in an AVX-512 register-tile kernel (6 rows x 64
+ * columns of accumulators, a broadcast A element times vector rows of B); mlp_available() is
+ * 0 on other CPUs, where evorl_nb uses torch's batched products instead. Summation order
+ * differs from MKL's, so values agree to float rounding, not bit for bit.
+ */
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#define TGT __attribute__((target("avx512f,fma")))
+#define INL static inline __attribute__((always_inline))
+
+/* C[0:MR, 0:w] (=|+=) init + sum_k A[i*sam + k*sak] * B[k*ldb + 0:w], w <= 16*NV.
+ * init: bias[0:w] (row vector) when bias, else 0 (or C when acc). relu: max(., 0).
+ * gate: keep only where gate[i*ldc + j] > 0 (the ReLU's backward). */
+INL TGT void tile(const int MR, const int NV, __mmask16 last, int64_t K,
+                  const float *A, int64_t sam, int64_t sak, const float *B, int64_t ldb,
+                  float *C, int64_t ldc, int acc, const float *bias, int relu,
+                  const float *gate)
+{
+    __m512 c[6][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++) {
+            __mmask16 m = j == NV - 1 ? last : 0xFFFF;
+            if (acc) c[i][j] = _mm512_maskz_loadu_ps(m, C + i * ldc + 16 * j);
+            else if (bias) c[i][j] = _mm512_maskz_loadu_ps(m, bias + 16 * j);
+            else c[i][j] = _mm512_setzero_ps();
+        }
+    for (int64_t k = 0; k < K; k++) {
+        __m512 b[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++)
+            b[j] = j == NV - 1 ? _mm512_maskz_loadu_ps(last, B + k * ldb + 16 * j)
+                               : _mm512_loadu_ps(B + k * ldb + 16 * j);
+        const float *a = A + k * sak;
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++) {
+            __m512 ai = _mm512_set1_ps(a[i * sam]);
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; j++) c[i][j] = _mm512_fmadd_ps(ai, b[j], c[i][j]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++) {
+            __mmask16 m = j == NV - 1 ? last : 0xFFFF;
+            __m512 v = c[i][j];
+            if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+            if (gate) {
+                __m512 g = _mm512_maskz_loadu_ps(m, gate + i * ldc + 16 * j);
+                v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_GT_OQ), v);
+            }
+            _mm512_mask_storeu_ps(C + i * ldc + 16 * j, m, v);
+        }
+}
+
+#define ROWS(NV)                                                                           \
+    static TGT void rows##NV(int64_t M, __mmask16 last, int64_t K, const float *A,        \
+                             int64_t sam, int64_t sak, const float *B, int64_t ldb, float *C, \
+                             int64_t ldc, int acc, const float *bias, int relu,            \
+                             const float *gate)                                            \
+    {                                                                                      \
+        int64_t i = 0;                                                                     \
+        for (; i + 6 <= M; i += 6)                                                         \
+            tile(6, NV, last, K, A + i * sam, sam, sak, B, ldb, C + i * ldc, ldc, acc,     \
+                 bias, relu, gate ? gate + i * ldc : 0);                                   \
+        const float *g = gate ? gate + i * ldc : 0;                                        \
+        switch (M - i) {                                                                   \
+        case 5: tile(5, NV, last, K, A + i * sam, sam, sak, B, ldb, C + i * ldc, ldc, acc, bias, relu, g); break; \
+        case 4: tile(4, NV, last, K, A + i * sam, sam, sak, B, ldb, C + i * ldc, ldc, acc, bias, relu, g); break; \
+        case 3: tile(3, NV, last, K, A + i * sam, sam, sak, B, ldb, C + i * ldc, ldc, acc, bias, relu, g); break; \
+        case 2: tile(2, NV, last, K, A + i * sam, sam, sak, B, ldb, C + i * ldc, ldc, acc, bias, relu, g); break; \
+        case 1: tile(1, NV, last, K, A + i * sam, sam, sak, B, ldb, C + i * ldc, ldc, acc, bias, relu, g); break; \
+        default: break;                                                                    \
+        }                                                                                  \
+    }
+ROWS(1)
+ROWS(2)
+ROWS(3)
+ROWS(4)
+
+/* C[M, N] (=|+=) A[M, K] B[K, N]; A strided, B and C row-major */
+static TGT void gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sam, int64_t sak,
+                     const float *B, int64_t ldb, float *C, int64_t ldc, int acc,
+                     const float *bias, int relu, const float *gate)
+{
+    for (int64_t j = 0; j < N; j += 64) {
+        int64_t w = N - j < 64 ? N - j : 64;
+        int nv = (int)((w + 15) / 16);
+        int rem = (int)(w - 16 * (nv - 1));
+        __mmask16 last = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
+        const float *bj = B + j, *bb = bias ? bias + j : 0, *gg = gate ? gate + j : 0;
+        switch (nv) {
+        case 4: rows4(M, last, K, A, sam, sak, bj, ldb, C + j, ldc, acc, bb, relu, gg); break;
+        case 3: rows3(M, last, K, A, sam, sak, bj, ldb, C + j, ldc, acc, bb, relu, gg); break;
+        case 2: rows2(M, last, K, A, sam, sak, bj, ldb, C + j, ldc, acc, bb, relu, gg); break;
+        default: rows1(M, last, K, A, sam, sak, bj, ldb, C + j, ldc, acc, bb, relu, gg); break;
+        }
+    }
+}
+
+static void transpose(const float *src, int64_t rows, int64_t cols, float *dst)
+{
+    for (int64_t r0 = 0; r0 < rows; r0 += 16)
+        for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+            int64_t r1 = r0 + 16 < rows ? r0 + 16 : rows, c1 = c0 + 16 < cols ? c0 + 16 : cols;
+            for (int64_t c = c0; c < c1; c++)
+                for (int64_t r = r0; r < r1; r++) dst[c * rows + r] = src[r * cols + c];
+        }
+}
+
+int mlp_available(void) { return __builtin_cpu_supports("avx512f") ? 1 : 0; }
+
+/* Forward of n agents' MLPs, batch-major. dims[0..L]: widths. W[l]: agent k's weight at
+ * W[l] + agent(k) * dims[l+1]*dims[l] ([out, in], nn.Linear's layout); b[l] likewise ([out]).
+ * agents: global agent index of local k (NULL: k0 + k). x: [n, N, dims[0]].
+ * hs[l] for l = 1..L-1: [n, N, dims[l]] ReLU outputs (written). out: [n, N, dims[L]].
+ * scratch: max(dims[l]*dims[l+1]) floats. */
+TGT void mlp_forward(int64_t n, int64_t L, const int64_t *dims, float *const *W,
+                     float *const *b, const int64_t *agents, int64_t k0, const float *x,
+                     int64_t N, float *const *hs, float *out, float *scratch)
+{
+    for (int64_t k = 0; k < n; k++) {
+        int64_t a = agents ? agents[k] : k0 + k;
+        const float *h = x + k * N * dims[0];
+        for (int64_t l = 0; l < L; l++) {
+            int64_t in = dims[l], o = dims[l + 1];
+            transpose(W[l] + a * in * o, o, in, scratch); /* [in, out] */
+            float *y = l == L - 1 ? out + k * N * o : hs[l + 1] + k * N * o;
+            gemm(N, o, in, h, in, 1, scratch, o, y, o, 0, b[l] + a * o, l < L - 1, 0);
+            h = y;
+        }
+    }
+}
+
+/* Backward: gout [n, N, dims[L]]; writes (acc=0) or adds (acc=1) dW[l], db[l] at the agents'
+ * rows. hs[0] is x. scratch: 2*N*max(dims) + max(dims[l]*dims[l+1]) floats. */
+TGT void mlp_backward(int64_t n, int64_t L, const int64_t *dims, float *const *W,
+                      const int64_t *agents, int64_t k0, float *const *hs, int64_t N,
+                      const float *gout, float *const *dW, float *const *db, int acc,
+                      float *scratch)
+{
+    int64_t mx = 0, mw = 0;
+    for (int64_t l = 0; l <= L; l++) mx = dims[l] > mx ? dims[l] : mx;
+    for (int64_t l = 0; l < L; l++) mw = dims[l] * dims[l + 1] > mw ? dims[l] * dims[l + 1] : mw;
+    float *g2[2] = {scratch, scratch + N * mx};
+    float *T = scratch + 2 * N * mx;
+    for (int64_t k = 0; k < n; k++) {
+        int64_t a = agents ? agents[k] : k0 + k;
+        const float *g = gout + k * N * dims[L];
+        for (int64_t l = L - 1; l >= 0; l--) {
+            int64_t in = dims[l], o = dims[l + 1];
+            const float *h = hs[l] + k * N * in;
+            float *dw = dW[l] + a * in * o, *dbl = db[l] + a * o;
+            /* db[o] = sum_n g[n, o] */
+            if (!acc) memset(dbl, 0, (size_t)o * sizeof(float));
+            for (int64_t r = 0; r < N; r++)
+                for (int64_t j = 0; j < o; j++) dbl[j] += g[r * o + j];
+            if (in >= 16 || in >= o) { /* dW[o, i] = sum_n g[n, o] h[n, i] */
+                gemm(o, in, N, g, 1, o, h, in, dw, in, acc, 0, 0, 0);
+            } else { /* dW^T [in, o] = sum_n h[n, i] g[n, o], then transposed in */
+                gemm(in, o, N, h, 1, in, g, o, T, o, 0, 0, 0, 0);
+                for (int64_t i = 0; i < in; i++)
+                    for (int64_t j = 0; j < o; j++)
+                        dw[j * in + i] = acc ? dw[j * in + i] + T[i * o + j] : T[i * o + j];
+            }
+            if (l > 0) { /* g_prev[n, i] = (sum_o g[n, o] W[o, i]) * (h[n, i] > 0) */
+                float *gp = g2[l & 1];
+                gemm(N, in, o, g, o, 1, W[l] + a * in * o, in, gp, in, 0, 0, 0, h);
+                g = gp;
+            }
+        }
+    }
+}
+#else /* no AVX-512 kernel for this CPU or compiler: mlp_available() says so, and the
+       * entry points exist (ctypes looks them up) but are never called */
+int mlp_available(void) { return 0; }
+void mlp_forward(int64_t n, int64_t L, const int64_t *dims, float *const *W, float *const *b,
+                 const int64_t *agents, int64_t k0, const float *x, int64_t N,
+                 float *const *hs, float *out, float *scratch)
+{
+    (void)n, (void)L, (void)dims, (void)W, (void)b, (void)agents, (void)k0, (void)x;
+    (void)N, (void)hs, (void)out, (void)scratch;
+}
+void mlp_backward(int64_t n, int64_t L, const int64_t *dims, float *const *W,
+                  const int64_t *agents, int64_t k0, float *const *hs, int64_t N,
+                  const float *gout, float *const *dW, float *const *db, int acc,
+                  float *scratch)
+{
+    (void)n, (void)L, (void)dims, (void)W, (void)agents, (void)k0, (void)hs, (void)N;
+    (void)gout, (void)dW, (void)db, (void)acc, (void)scratch;
+}
+#endif

@@ -241,8 +241,17 @@ def test_engine_setting_reads_the_environment(monkeypatch):
         lossvm.engine_setting()
 
 
+def _net_engine(monkeypatch, nets: str) -> None:
+    monkeypatch.setenv("EVORL_NB_NET_ENGINE", nets)
+    if nets == "c" and not (lossvm.library() and lossvm.library().mlp_available()):
+        pytest.skip("the networks' kernel needs a CPU with AVX-512 (torch's products run)")
+
+
+@pytest.mark.parametrize("nets", ["c", "torch"])
 @pytest.mark.parametrize("chunk", [1, 7, 64, 500])
-def test_fused_update_equals_autograd_through_the_interpreter(chunk):
+def test_fused_update_equals_autograd_through_the_interpreter(chunk, nets, monkeypatch):
+    _net_engine(monkeypatch, nets)
+    assert lossvm.networks_available() == (nets == "c")
     # chunk by chunk without autograd (LossPlan.fused_update) against one autograd pass; the
     # first 14 agents all differentiate through the online net on s_{t+1} (chunks of 7 make
     # it one joint call with s_t), the others sometimes (a subset, index-added into the
@@ -276,3 +285,52 @@ def test_fused_update_equals_autograd_through_the_interpreter(chunk):
     auto = LossPlan(progs, engine="auto")  # float64: the autograd path's turn
     assert auto.fused_update(obs.double(), action, reward.double(), next_obs.double(), done,
                              online, target, 0.99, gens, learn, 1e6, chunk) is None
+
+
+@pytest.mark.parametrize("dims", [(4, 64, 64, 2), (3, 17, 33, 5), (75, 100, 7), (6, 4),
+                                  (4, 256, 256, 2), (130, 16, 1)])
+@pytest.mark.parametrize("n_rows", [1, 5, 64])
+def test_network_kernel_equals_stacked_torch_networks(dims, n_rows, monkeypatch):
+    """NetKernel's values and gradients against StackedQ's (autograd) for widths that do and
+    do not fill the kernel's 16-float vectors and 6x64 tiles, agents picked by a slice or an
+    index tensor, and gradients written or added."""
+    _net_engine(monkeypatch, "c")
+    K = 9
+    gens = [torch.Generator().manual_seed(k) for k in range(K)]
+    net = StackedQ.from_generators(dims[0], dims[-1], dims[1:-1], gens)
+    g = torch.Generator().manual_seed(len(dims) + n_rows)
+    x = torch.randn(K, n_rows, dims[0], generator=g)
+    x[:, 0] = 0.0  # zero hidden pre-activations where biases are small: ReLU's edge
+    upstream = torch.randn(K, n_rows, dims[-1], generator=g)
+    want = net(x)
+    (want * upstream).sum().backward()
+    kern = lossvm.NetKernel(net.weights, net.biases)
+    scratch = kern.scratch(n_rows)
+    for who in (slice(0, K), slice(3, 7), torch.tensor([0, 2, 8])):
+        idx = torch.arange(K)[who]
+        out = torch.full((len(idx), n_rows, dims[-1]), float("nan"))
+        saved = kern.forward(x[idx], who, out, scratch)
+        assert torch.allclose(out, want.detach()[idx], rtol=1e-5, atol=1e-5)
+        grads = [torch.full_like(p, 0.5) for p in net.parameters]
+        kern.backward(upstream[idx], saved, who, kern.gradients(grads), False, scratch)
+        kern.backward(upstream[idx], saved, who, kern.gradients(grads), True, scratch)
+        for got, p in zip(grads, net.parameters, strict=True):
+            ref = p.grad[idx]
+            scale = 1 + ref.abs().amax()
+            assert ((got[idx] - 2 * ref).abs() <= 1e-5 * scale).all()  # written, then added
+            rest = torch.ones(K, dtype=torch.bool)
+            rest[idx] = False
+            assert (got[rest] == 0.5).all()  # other agents' rows untouched
+
+
+def test_network_engine_setting_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("EVORL_NB_NET_ENGINE", "torch")
+    assert lossvm.net_setting() == "torch" and not lossvm.networks_available()
+    monkeypatch.setenv("EVORL_NB_NET_ENGINE", "gpu")
+    with pytest.raises(ValueError, match="EVORL_NB_NET_ENGINE"):
+        lossvm.net_setting()
+    monkeypatch.delenv("EVORL_NB_NET_ENGINE")
+    assert lossvm.net_setting() == "auto"
+    with pytest.raises(ValueError, match="contiguous CPU float32"):
+        lossvm.NetKernel([torch.zeros(2, 3, 4, dtype=torch.float64)],
+                         [torch.zeros(2, 3, 1, dtype=torch.float64)])
