@@ -408,7 +408,7 @@ INL TGT void tile(const int MR, const int NV, __mmask16 last, int64_t K,
         for (int j = 0; j < NV; j++) {
             __mmask16 m = j == NV - 1 ? last : 0xFFFF;
             __m512 v = c[i][j];
-            if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+            if (relu) v = _mm512_max_ps(_mm512_setzero_ps(), v); /* NaN stays NaN, as in torch */
             if (gate) {
                 __m512 g = _mm512_maskz_loadu_ps(m, gate + i * ldc + 16 * j);
                 v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_GT_OQ), v);
@@ -462,14 +462,39 @@ static TGT void gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sa
     }
 }
 
-static void transpose(const float *src, int64_t rows, int64_t cols, float *dst)
+/* dst[c, r] = src[r, c] for an 8x8 block (rows ls and ld apart): unpack, shuffle, swap lanes */
+INL TGT void transpose8(const float *src, int64_t ls, float *dst, int64_t ld)
 {
-    for (int64_t r0 = 0; r0 < rows; r0 += 16)
-        for (int64_t c0 = 0; c0 < cols; c0 += 16) {
-            int64_t r1 = r0 + 16 < rows ? r0 + 16 : rows, c1 = c0 + 16 < cols ? c0 + 16 : cols;
-            for (int64_t c = c0; c < c1; c++)
-                for (int64_t r = r0; r < r1; r++) dst[c * rows + r] = src[r * cols + c];
-        }
+    __m256 r[8], t[8], u[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * ls);
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) { /* rows 0-3, then 4-7 */
+        u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+        _mm256_storeu_ps(dst + c * ld, _mm256_permute2f128_ps(u[c], u[4 + c], 0x20));
+        _mm256_storeu_ps(dst + (c + 4) * ld, _mm256_permute2f128_ps(u[c], u[4 + c], 0x31));
+    }
+}
+
+/* dst [cols, rows] = src [rows, cols] transposed: 8x8 blocks in registers, the edges scalar */
+static TGT void transpose(const float *src, int64_t rows, int64_t cols, float *dst)
+{
+    int64_t r8 = rows & ~(int64_t)7, c8 = cols & ~(int64_t)7;
+    for (int64_t r = 0; r < r8; r += 8)
+        for (int64_t c = 0; c < c8; c += 8) transpose8(src + r * cols + c, cols, dst + c * rows + r, rows);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = r < r8 ? c8 : 0; c < cols; c++) dst[c * rows + r] = src[r * cols + c];
 }
 
 int mlp_available(void) { return __builtin_cpu_supports("avx512f") ? 1 : 0; }
@@ -535,6 +560,39 @@ TGT void mlp_backward(int64_t n, int64_t L, const int64_t *dims, float *const *W
         }
     }
 }
+/* One observation per agent (acting): out[k] = MLP_a(x[k]) for the n agents a = k0 + k, as
+ * dot products of the weights' rows ([out, in], read in place: no transposed copy) with the
+ * layer's input. scratch: 2 * max(dims) floats. */
+TGT void mlp_act(int64_t n, int64_t L, const int64_t *dims, float *const *W, float *const *b,
+                 int64_t k0, const float *x, float *out, float *scratch)
+{
+    int64_t mx = 0;
+    for (int64_t l = 0; l <= L; l++) mx = dims[l] > mx ? dims[l] : mx;
+    for (int64_t k = 0; k < n; k++) {
+        int64_t a = k0 + k;
+        const float *h = x + k * dims[0];
+        for (int64_t l = 0; l < L; l++) {
+            int64_t in = dims[l], o = dims[l + 1];
+            const float *w = W[l] + a * in * o, *bias = b[l] + a * o;
+            float *y = l == L - 1 ? out + k * o : scratch + (l & 1) * mx;
+            for (int64_t j = 0; j < o; j++) {
+                const float *row = w + j * in;
+                __m512 acc = _mm512_setzero_ps();
+                int64_t i = 0;
+                for (; i + 16 <= in; i += 16)
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(row + i), _mm512_loadu_ps(h + i), acc);
+                if (i < in) {
+                    __mmask16 m = (__mmask16)((1u << (in - i)) - 1);
+                    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, row + i),
+                                          _mm512_maskz_loadu_ps(m, h + i), acc);
+                }
+                float v = bias[j] + _mm512_reduce_add_ps(acc);
+                y[j] = l < L - 1 && v < 0.f ? 0.f : v;
+            }
+            h = y;
+        }
+    }
+}
 #else /* no AVX-512 kernel for this CPU or compiler: mlp_available() says so, and the
        * entry points exist (ctypes looks them up) but are never called */
 int mlp_available(void) { return 0; }
@@ -552,5 +610,11 @@ void mlp_backward(int64_t n, int64_t L, const int64_t *dims, float *const *W,
 {
     (void)n, (void)L, (void)dims, (void)W, (void)agents, (void)k0, (void)hs, (void)N;
     (void)gout, (void)dW, (void)db, (void)acc, (void)scratch;
+}
+void mlp_act(int64_t n, int64_t L, const int64_t *dims, float *const *W, float *const *b,
+             int64_t k0, const float *x, float *out, float *scratch)
+{
+    (void)n, (void)L, (void)dims, (void)W, (void)b, (void)k0, (void)x, (void)out;
+    (void)scratch;
 }
 #endif

@@ -151,7 +151,8 @@ def library() -> ctypes.CDLL | None:
     i64 = ctypes.c_int64
     lib.mlp_forward.argtypes = [i64, i64, p, p, p, p, i64, p, i64, p, p, p]
     lib.mlp_backward.argtypes = [i64, i64, p, p, p, i64, p, i64, p, p, p, ctypes.c_int, p]
-    lib.mlp_forward.restype = lib.mlp_backward.restype = None
+    lib.mlp_act.argtypes = [i64, i64, p, p, p, i64, p, p, p]
+    lib.mlp_forward.restype = lib.mlp_backward.restype = lib.mlp_act.restype = None
     lib.mlp_available.restype = ctypes.c_int
     _LIB = lib
     return lib
@@ -363,6 +364,16 @@ class NetKernel:
                               x.data_ptr(), N, _array([h.data_ptr() for h in hs]),
                               out.data_ptr(), scratch.data_ptr())
         return hs
+
+    def act(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Every agent's Q-values ``[K, A]`` on its one observation ``x[k]`` (``[K, in]``):
+        dot products with the weights' rows, read in place (acting)."""
+        x = x.contiguous()
+        out = torch.empty(len(x), self.dims[-1]) if out is None else out
+        scratch = torch.empty(2 * max(self.dims))
+        library().mlp_act(len(x), self.n_layers, self._dims, self._w, self._b, 0, x.data_ptr(),
+                          out.data_ptr(), scratch.data_ptr())
+        return out
 
     def gradients(self, grads: list[torch.Tensor]):
         """The pointer tables :meth:`backward` writes into: ``grads`` are tensors shaped like

@@ -378,38 +378,40 @@ class _Nets:
     products (:func:`_mlp_forward`, :func:`_mlp_backward`). Gradients go straight into
     ``grads`` (the online network's tensors' shapes, interleaved weight and bias)."""
 
-    def __init__(self, online: StackedQ, target: StackedQ, grads: list[torch.Tensor],
-                 rows: int):
+    def __init__(self, online: StackedQ, target: StackedQ, grads: list[torch.Tensor]):
         self.online, self.target, self.grads = online, target, grads
         self.kernel = lossvm.networks_available()
         if self.kernel:
             self.k_on = lossvm.NetKernel(online.weights, online.biases)
             self.k_tg = lossvm.NetKernel(target.weights, target.biases)
-            self.scratch = self.k_on.scratch(rows)
             self.out = self.k_on.gradients(grads)
 
-    def forward(self, is_online: bool, x: torch.Tensor, who, out: torch.Tensor):
+    def scratch(self, rows: int) -> torch.Tensor | None:
+        """The kernel's work buffer for batches of up to ``rows`` rows."""
+        return self.k_on.scratch(rows) if self.kernel else None
+
+    def forward(self, is_online: bool, x: torch.Tensor, who, out: torch.Tensor, scratch):
         """Write the Q-values of agents ``who`` (a slice or an index tensor) on ``x``
         ``[n, N, D]`` into ``out`` ``[n, N, A]``; returns what :meth:`backward` needs."""
         if self.kernel:
             kern = self.k_on if is_online else self.k_tg
             if not out.is_contiguous():
                 res = torch.empty(out.shape)
-                saved = kern.forward(x, who, res, self.scratch)
+                saved = kern.forward(x, who, res, scratch)
                 out.copy_(res)
                 return saved
-            return kern.forward(x, who, out, self.scratch)
+            return kern.forward(x, who, out, scratch)
         netw = self.online if is_online else self.target
         ws = [_take(w.detach(), who) for w in netw.weights]
         y, hs = _mlp_forward(x, ws, [_take(b.detach(), who) for b in netw.biases])
         out.copy_(y.transpose(1, 2))
         return hs, ws
 
-    def backward(self, grad: torch.Tensor, saved, who, accumulate: bool) -> None:
+    def backward(self, grad: torch.Tensor, saved, who, accumulate: bool, scratch) -> None:
         """Write (or add) the online network's gradients for agents ``who`` given the
         gradient ``grad`` ``[n, N, A]`` of its output."""
         if self.kernel:
-            self.k_on.backward(grad, saved, who, self.out, accumulate, self.scratch)
+            self.k_on.backward(grad, saved, who, self.out, accumulate, scratch)
             return
         hs, ws = saved
         n = len(ws)
@@ -675,8 +677,9 @@ class LossPlan:
         dloss = torch.empty(K)  # 1.0 where the agent's loss counts (ok), else 0.0
         learn_u8 = learn.to(torch.uint8).contiguous()
         grads = [torch.empty_like(p) for p in online.parameters]
-        net = _Nets(online, target, grads, 2 * B)
+        net = _Nets(online, target, grads)
         states = {_S_T: obs, _S_TP1: next_obs}
+        scratch = net.scratch(2 * B)
         for k0, k1, calls in self._chunks(chunk):
             mine = slice(k0, k1)
             saved = []  # (rows, what the backward needs, who) of each online call
@@ -686,29 +689,30 @@ class LossPlan:
                 if c == (_ONLINE, _S_TP1) and isinstance(who, slice):
                     continue  # with s_t, below
                 if net_slot == TARGET:
-                    net.forward(False, _take(states[state_slot], who), who, q[rows])
+                    net.forward(False, _take(states[state_slot], who), who, q[rows], scratch)
                 elif state_slot == _S_T:  # every agent, first block: rows k0..k1
                     both = [r for cc, r, wh in calls
                             if cc == (_ONLINE, _S_TP1) and isinstance(wh, slice)]
                     if both:  # every agent of the chunk on both states: one call
                         out = torch.empty(k1 - k0, 2 * B, A)
                         hs = net.forward(True, torch.cat([obs[mine], next_obs[mine]], 1),
-                                         mine, out)
+                                         mine, out, scratch)
                         q[rows], q[both[0]] = out[:, :B], out[:, B:]
                         joint = both[0]
                     else:
-                        hs = net.forward(True, obs[mine], mine, q[rows])
+                        hs = net.forward(True, obs[mine], mine, q[rows], scratch)
                     saved.append((rows, hs, mine))
                 else:  # the online net on s_{t+1}, some of the chunk's agents
-                    saved.append((rows, net.forward(True, _take(next_obs, who), who, q[rows]),
-                                  who))
+                    saved.append((rows, net.forward(True, _take(next_obs, who), who, q[rows],
+                                                    scratch), who))
             vm.forward(bases, losses, k0, k1, ok=(learn_u8, dloss, max_loss))
             vm.backward(bases, gbases, dloss, k0, k1)
             for i, (rows, hs, who) in enumerate(saved):
                 g = gq[rows]
                 if i == 0 and joint is not None:
                     g = torch.cat([g, gq[joint]], 1)
-                net.backward(g, hs, who, accumulate=i > 0)  # the s_t call (every agent) first
+                # the s_t call (every agent) comes first and writes; the others add
+                net.backward(g, hs, who, i > 0, scratch)
         for p, g in zip(online.parameters, grads, strict=True):
             p.grad = g
         return losses, dloss.bool(), q[:K]
@@ -1075,7 +1079,7 @@ class Population:
         draws[live] = self.explore.uniform(live, 2)  # explore?, which random action
         obs_t = _decode(self.raw[rows], self.divisor, self.device)
         with torch.no_grad():
-            q = self.online(obs_t.unsqueeze(1)).squeeze(1)  # [n, A]
+            q = self._act(obs_t)  # [n, A]
             greedy_rows = q.argmax(1).cpu().numpy()
             q_np = q.cpu().numpy().astype(np.float64)
         actions = np.minimum((draws[:, 1] * nA).astype(np.int64), nA - 1)
@@ -1136,6 +1140,14 @@ class Population:
         for s in np.flatnonzero(self.active & (self.steps >= self.steps_budget)).tolist():
             self._finish(s)
         self.raw = out.obs
+
+    def _act(self, obs: torch.Tensor) -> torch.Tensor:
+        """The online networks' Q-values ``[n, A]`` on one observation per learner row."""
+        if (obs.device.type == "cpu" and obs.dtype == torch.float32
+                and self.online.weights[0].dtype == torch.float32
+                and lossvm.networks_available()):
+            return lossvm.NetKernel(self.online.weights, self.online.biases).act(obs)
+        return self.online(obs.unsqueeze(1)).squeeze(1)
 
     def _copy_target(self, rows_mask: np.ndarray) -> None:
         """Hard target update of the learner rows in ``rows_mask``."""

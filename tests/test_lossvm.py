@@ -306,6 +306,8 @@ def test_network_kernel_equals_stacked_torch_networks(dims, n_rows, monkeypatch)
     (want * upstream).sum().backward()
     kern = lossvm.NetKernel(net.weights, net.biases)
     scratch = kern.scratch(n_rows)
+    # acting: one observation per agent, every agent
+    assert torch.allclose(kern.act(x[:, 0]), want.detach()[:, 0], rtol=1e-5, atol=1e-5)
     for who in (slice(0, K), slice(3, 7), torch.tensor([0, 2, 8])):
         idx = torch.arange(K)[who]
         out = torch.full((len(idx), n_rows, dims[-1]), float("nan"))
@@ -334,3 +336,4 @@ def test_network_engine_setting_reads_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="contiguous CPU float32"):
         lossvm.NetKernel([torch.zeros(2, 3, 4, dtype=torch.float64)],
                          [torch.zeros(2, 3, 1, dtype=torch.float64)])
+
