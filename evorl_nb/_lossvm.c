@@ -499,6 +499,59 @@ static TGT void transpose(const float *src, int64_t rows, int64_t cols, float *d
 
 int mlp_available(void) { return __builtin_cpu_supports("avx512f") ? 1 : 0; }
 
+/* Agent a's network on x [N, dims[0]]: the hidden layers' ReLU outputs into h[l] (l = 1..L-1,
+ * [N, dims[l]]; h[0] is not used) and the output into out [N, dims[L]]. wt: max(dims[l] *
+ * dims[l+1]) floats for a weight's transpose. */
+static TGT void net_forward(int64_t L, const int64_t *dims, float *const *W, float *const *b,
+                            int64_t a, const float *x, int64_t N, float *const *h, float *out,
+                            float *wt)
+{
+    const float *in_rows = x;
+    for (int64_t l = 0; l < L; l++) {
+        int64_t in = dims[l], o = dims[l + 1];
+        transpose(W[l] + a * in * o, o, in, wt); /* [in, out] */
+        float *y = l == L - 1 ? out : h[l + 1];
+        gemm(N, o, in, in_rows, in, 1, wt, o, y, o, 0, b[l] + a * o, l < L - 1, 0);
+        in_rows = y;
+    }
+}
+
+/* Agent a's weight and bias gradients of sum(gout * out) (gout [N, dims[L]]; h[0] = x and
+ * h[l] the hidden outputs, from net_forward), written (acc=0) or added (acc=1) into its rows
+ * of dW[l], db[l]. scratch: 2*N*max(dims) + max(dims[l]*dims[l+1]) floats. */
+static TGT void net_backward(int64_t L, const int64_t *dims, float *const *W, int64_t a,
+                             const float *const *h, int64_t N, const float *gout,
+                             float *const *dW, float *const *db, int acc, float *scratch)
+{
+    int64_t mx = 0;
+    for (int64_t l = 0; l <= L; l++) mx = dims[l] > mx ? dims[l] : mx;
+    float *g2[2] = {scratch, scratch + N * mx};
+    float *T = scratch + 2 * N * mx;
+    const float *g = gout;
+    for (int64_t l = L - 1; l >= 0; l--) {
+        int64_t in = dims[l], o = dims[l + 1];
+        const float *hl = h[l];
+        float *dw = dW[l] + a * in * o, *dbl = db[l] + a * o;
+        /* db[o] = sum_n g[n, o] */
+        if (!acc) memset(dbl, 0, (size_t)o * sizeof(float));
+        for (int64_t r = 0; r < N; r++)
+            for (int64_t j = 0; j < o; j++) dbl[j] += g[r * o + j];
+        if (in >= 16 || in >= o) { /* dW[o, i] = sum_n g[n, o] h[n, i] */
+            gemm(o, in, N, g, 1, o, hl, in, dw, in, acc, 0, 0, 0);
+        } else { /* dW^T [in, o] = sum_n h[n, i] g[n, o], then transposed in */
+            gemm(in, o, N, hl, 1, in, g, o, T, o, 0, 0, 0, 0);
+            for (int64_t i = 0; i < in; i++)
+                for (int64_t j = 0; j < o; j++)
+                    dw[j * in + i] = acc ? dw[j * in + i] + T[i * o + j] : T[i * o + j];
+        }
+        if (l > 0) { /* g_prev[n, i] = (sum_o g[n, o] W[o, i]) * (h[n, i] > 0) */
+            float *gp = g2[l & 1];
+            gemm(N, in, o, g, o, 1, W[l] + a * in * o, in, gp, in, 0, 0, 0, hl);
+            g = gp;
+        }
+    }
+}
+
 /* Forward of n agents' MLPs, batch-major. dims[0..L]: widths. W[l]: agent k's weight at
  * W[l] + agent(k) * dims[l+1]*dims[l] ([out, in], nn.Linear's layout); b[l] likewise ([out]).
  * agents: global agent index of local k (NULL: k0 + k). x: [n, N, dims[0]].
@@ -508,16 +561,11 @@ TGT void mlp_forward(int64_t n, int64_t L, const int64_t *dims, float *const *W,
                      float *const *b, const int64_t *agents, int64_t k0, const float *x,
                      int64_t N, float *const *hs, float *out, float *scratch)
 {
+    float *h[L + 1];
     for (int64_t k = 0; k < n; k++) {
-        int64_t a = agents ? agents[k] : k0 + k;
-        const float *h = x + k * N * dims[0];
-        for (int64_t l = 0; l < L; l++) {
-            int64_t in = dims[l], o = dims[l + 1];
-            transpose(W[l] + a * in * o, o, in, scratch); /* [in, out] */
-            float *y = l == L - 1 ? out + k * N * o : hs[l + 1] + k * N * o;
-            gemm(N, o, in, h, in, 1, scratch, o, y, o, 0, b[l] + a * o, l < L - 1, 0);
-            h = y;
-        }
+        for (int64_t l = 1; l < L; l++) h[l] = hs[l] + k * N * dims[l];
+        net_forward(L, dims, W, b, agents ? agents[k] : k0 + k, x + k * N * dims[0], N, h,
+                    out + k * N * dims[L], scratch);
     }
 }
 
@@ -528,38 +576,77 @@ TGT void mlp_backward(int64_t n, int64_t L, const int64_t *dims, float *const *W
                       const float *gout, float *const *dW, float *const *db, int acc,
                       float *scratch)
 {
-    int64_t mx = 0, mw = 0;
-    for (int64_t l = 0; l <= L; l++) mx = dims[l] > mx ? dims[l] : mx;
-    for (int64_t l = 0; l < L; l++) mw = dims[l] * dims[l + 1] > mw ? dims[l] * dims[l + 1] : mw;
-    float *g2[2] = {scratch, scratch + N * mx};
-    float *T = scratch + 2 * N * mx;
+    const float *h[L + 1];
     for (int64_t k = 0; k < n; k++) {
-        int64_t a = agents ? agents[k] : k0 + k;
-        const float *g = gout + k * N * dims[L];
-        for (int64_t l = L - 1; l >= 0; l--) {
-            int64_t in = dims[l], o = dims[l + 1];
-            const float *h = hs[l] + k * N * in;
-            float *dw = dW[l] + a * in * o, *dbl = db[l] + a * o;
-            /* db[o] = sum_n g[n, o] */
-            if (!acc) memset(dbl, 0, (size_t)o * sizeof(float));
-            for (int64_t r = 0; r < N; r++)
-                for (int64_t j = 0; j < o; j++) dbl[j] += g[r * o + j];
-            if (in >= 16 || in >= o) { /* dW[o, i] = sum_n g[n, o] h[n, i] */
-                gemm(o, in, N, g, 1, o, h, in, dw, in, acc, 0, 0, 0);
-            } else { /* dW^T [in, o] = sum_n h[n, i] g[n, o], then transposed in */
-                gemm(in, o, N, h, 1, in, g, o, T, o, 0, 0, 0, 0);
-                for (int64_t i = 0; i < in; i++)
-                    for (int64_t j = 0; j < o; j++)
-                        dw[j * in + i] = acc ? dw[j * in + i] + T[i * o + j] : T[i * o + j];
-            }
-            if (l > 0) { /* g_prev[n, i] = (sum_o g[n, o] W[o, i]) * (h[n, i] > 0) */
-                float *gp = g2[l & 1];
-                gemm(N, in, o, g, o, 1, W[l] + a * in * o, in, gp, in, 0, 0, 0, h);
-                g = gp;
-            }
-        }
+        for (int64_t l = 0; l < L; l++) h[l] = hs[l] + k * N * dims[l];
+        net_backward(L, dims, W, agents ? agents[k] : k0 + k, h, N, gout + k * N * dims[L], dW,
+                     db, acc, scratch);
     }
 }
+
+/* Floats of scratch fused_update needs for batches of B transitions. */
+int64_t fused_scratch(int64_t L, const int64_t *dims, int64_t B)
+{
+    int64_t mx = 0, mw = 0, hidden = 0;
+    for (int64_t l = 0; l <= L; l++) mx = dims[l] > mx ? dims[l] : mx;
+    for (int64_t l = 0; l < L; l++) mw = dims[l] * dims[l + 1] > mw ? dims[l] * dims[l + 1] : mw;
+    for (int64_t l = 1; l < L; l++) hidden += dims[l];
+    return 2 * B * dims[0] + 4 * B * dims[L] + 3 * B * hidden + 4 * B * mx + mw;
+}
+
+/* The whole update of agents k0..k1 (LossPlan.fused_update), one agent at a time so that its
+ * weights and activations stay in cache: the online network on s_t, and on s_{t+1} in the
+ * same call where its loss reads Q(s_{t+1}); the target network where it is read; the loss
+ * program's forward (losses, ok) and backward (the gradient of ok * loss); the online
+ * network's backward into the agent's gradient rows. rows[4k + c]: agent k's row in the
+ * Q-value bank for call c = online s_t, online s_{t+1}, target s_{t+1}, target s_t (-1: not
+ * made). obs, next_obs [K, B, dims[0]]; q, gq the Q bank and its gradient [rows, B, A] (as in
+ * bases[] and gbases[]); the interpreter's arguments as lossvm_forward/backward take them. */
+TGT void fused_update(int64_t k0, int64_t k1, const int64_t *rows, int64_t B, int64_t L,
+                      const int64_t *dims, float *const *Won, float *const *bon,
+                      float *const *Wtg, float *const *btg, const float *obs,
+                      const float *next_obs, float *q, const float *gq, const int64_t *code,
+                      const int64_t *start, const int64_t *vout, float *const *bases,
+                      float *const *gbases, float *losses, const uint8_t *learn,
+                      float max_loss, float *ok, float *const *dW, float *const *db,
+                      float *scratch)
+{
+    const int64_t D = dims[0], A = dims[L];
+    int64_t mx = 0, hidden = 0;
+    for (int64_t l = 0; l <= L; l++) mx = dims[l] > mx ? dims[l] : mx;
+    for (int64_t l = 1; l < L; l++) hidden += dims[l];
+    float *X = scratch, *out = X + 2 * B * D, *G = out + 2 * B * A;
+    float *hid = G + 2 * B * A, *hid_t = hid + 2 * B * hidden, *work = hid_t + B * hidden;
+    float *h[L + 1], *ht[L + 1];
+    for (int64_t k = k0; k < k1; k++) {
+        const int64_t *r = rows + 4 * k;
+        const int64_t N = r[1] >= 0 ? 2 * B : B;
+        const float *s = obs + k * B * D, *s1 = next_obs + k * B * D, *x = s;
+        float *off = hid, *off_t = hid_t;
+        for (int64_t l = 1; l < L; l++) {
+            h[l] = off, ht[l] = off_t;
+            off += N * dims[l], off_t += B * dims[l];
+        }
+        if (r[1] >= 0) { /* s_t and s_{t+1} as one batch of 2B rows */
+            memcpy(X, s, (size_t)(B * D) * sizeof(float));
+            memcpy(X + B * D, s1, (size_t)(B * D) * sizeof(float));
+            x = X;
+        }
+        net_forward(L, dims, Won, bon, k, x, N, h, out, work);
+        memcpy(q + r[0] * B * A, out, (size_t)(B * A) * sizeof(float));
+        if (r[1] >= 0) memcpy(q + r[1] * B * A, out + B * A, (size_t)(B * A) * sizeof(float));
+        if (r[2] >= 0) net_forward(L, dims, Wtg, btg, k, s1, B, ht, q + r[2] * B * A, work);
+        if (r[3] >= 0) net_forward(L, dims, Wtg, btg, k, s, B, ht, q + r[3] * B * A, work);
+        lossvm_forward(code, start + k, vout + 2 * k, 1, B, bases, losses + k, learn + k,
+                       max_loss, ok + k);
+        lossvm_backward(code, start + k, vout + 2 * k, 1, B, bases, gbases, ok + k);
+        memcpy(G, gq + r[0] * B * A, (size_t)(B * A) * sizeof(float));
+        if (r[1] >= 0) memcpy(G + B * A, gq + r[1] * B * A, (size_t)(B * A) * sizeof(float));
+        h[0] = (float *)x;
+        net_backward(L, dims, Won, k, (const float *const *)h, N, G, dW, db, 0, work);
+    }
+}
+
 /* One observation per agent (acting): out[k] = MLP_a(x[k]) for the n agents a = k0 + k, as
  * dot products of the weights' rows ([out, in], read in place: no transposed copy) with the
  * layer's input. scratch: 2 * max(dims) floats. */
@@ -616,5 +703,24 @@ void mlp_act(int64_t n, int64_t L, const int64_t *dims, float *const *W, float *
 {
     (void)n, (void)L, (void)dims, (void)W, (void)b, (void)k0, (void)x, (void)out;
     (void)scratch;
+}
+int64_t fused_scratch(int64_t L, const int64_t *dims, int64_t B)
+{
+    (void)L, (void)dims, (void)B;
+    return 0;
+}
+void fused_update(int64_t k0, int64_t k1, const int64_t *rows, int64_t B, int64_t L,
+                  const int64_t *dims, float *const *Won, float *const *bon,
+                  float *const *Wtg, float *const *btg, const float *obs,
+                  const float *next_obs, float *q, const float *gq, const int64_t *code,
+                  const int64_t *start, const int64_t *vout, float *const *bases,
+                  float *const *gbases, float *losses, const uint8_t *learn,
+                  float max_loss, float *ok, float *const *dW, float *const *db,
+                  float *scratch)
+{
+    (void)k0, (void)k1, (void)rows, (void)B, (void)L, (void)dims, (void)Won, (void)bon;
+    (void)Wtg, (void)btg, (void)obs, (void)next_obs, (void)q, (void)gq, (void)code;
+    (void)start, (void)vout, (void)bases, (void)gbases, (void)losses, (void)learn;
+    (void)max_loss, (void)ok, (void)dW, (void)db, (void)scratch;
 }
 #endif

@@ -16,12 +16,14 @@ compiler, or on a GPU, or for float64, :class:`LossPlan` uses the grouped torch 
 instead (same results to float rounding; tested against each other and against
 ``Program.loss``). ``EVORL_NB_LOSS_ENGINE=torch`` forces the torch evaluation.
 
-The same library holds the networks' kernel of the CPU update (:class:`NetKernel`): one
-agent's whole MLP, forward and backward, before the next agent's, in AVX-512 register tiles.
-torch's stacked products (``bmm``) sweep all K agents' weights and activations through the
-cache once per layer and pay ~1.6 µs per small matrix; here an agent's 18 KiB of weights
-(64-64 network) and its activations stay in L1/L2 across its layers. On CPUs without AVX-512
-torch's products run instead; ``EVORL_NB_NET_ENGINE`` chooses (``auto``, ``c``, ``torch``).
+The same library holds the networks' kernel (:class:`NetKernel`): an agent's whole MLP,
+forward and backward, in AVX-512 register tiles, and :func:`fused_update`, the CPU update as
+one call that takes the agents one at a time (its networks' forward, its loss program
+forward and backward, its online network's backward). torch's stacked products (``bmm``)
+sweep all K agents' weights and activations through the cache once per layer and pay
+~1.6 µs per small matrix; here an agent's 18 KiB of weights (64-64 network) and its
+activations stay in L1/L2 from its forward to its backward. On CPUs without AVX-512 torch's
+products run instead; ``EVORL_NB_NET_ENGINE`` chooses (``auto``, ``c``, ``torch``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import torch
 from evorl_nb.ops import Type
 
 __all__ = ["library", "available", "engine_setting", "VMCode", "VMLoss", "bases",
-           "net_setting", "networks_available", "NetKernel"]
+           "net_setting", "networks_available", "NetKernel", "fused_update"]
 
 _SOURCE = Path(__file__).with_name("_lossvm.c")
 _FLAGS = ["-O3", "-std=c99", "-shared", "-fPIC"]
@@ -152,6 +154,11 @@ def library() -> ctypes.CDLL | None:
     lib.mlp_forward.argtypes = [i64, i64, p, p, p, p, i64, p, i64, p, p, p]
     lib.mlp_backward.argtypes = [i64, i64, p, p, p, i64, p, i64, p, p, p, ctypes.c_int, p]
     lib.mlp_act.argtypes = [i64, i64, p, p, p, i64, p, p, p]
+    lib.fused_scratch.argtypes = [i64, p, i64]
+    lib.fused_scratch.restype = i64
+    lib.fused_update.argtypes = [i64, i64, p, i64, i64, p, p, p, p, p, p, p, p, p, p, p, p, p,
+                                 p, p, p, ctypes.c_float, p, p, p, p]
+    lib.fused_update.restype = None
     lib.mlp_forward.restype = lib.mlp_backward.restype = lib.mlp_act.restype = None
     lib.mlp_available.restype = ctypes.c_int
     _LIB = lib
@@ -395,3 +402,25 @@ class NetKernel:
                                _array([h.data_ptr() for h in saved]), grad.shape[1],
                                grad.data_ptr(), grads[0], grads[1], int(accumulate),
                                scratch.data_ptr())
+
+
+def fused_update(vm: VMCode, online: NetKernel, target: NetKernel, rows: np.ndarray,
+                 bases: list, gbases: list, losses: torch.Tensor, learn: torch.Tensor,
+                 max_loss: float, ok: torch.Tensor, grads) -> None:
+    """The whole CPU update in one C call (see ``fused_update`` in ``_lossvm.c``), agent by
+    agent: the online network on s_t (with s_{t+1} in the same call where the agent's loss
+    reads it), the target network where read, the interpreter's forward and backward, the
+    online network's backward. ``rows`` ``[K, 4]`` int64: each agent's row in the Q bank for
+    online s_t, online s_{t+1}, target s_{t+1}, target s_t (-1: not made). ``bases`` and
+    ``gbases`` as for :meth:`VMCode.forward`/:meth:`VMCode.backward` (gradients zeroed);
+    writes ``losses``, ``ok`` (as ``VMCode.forward``'s ``ok``) and the gradients ``grads``
+    (:meth:`NetKernel.gradients` of the online network's tensors)."""
+    lib = library()
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    scratch = torch.empty(lib.fused_scratch(online.n_layers, online._dims, vm.B))
+    lib.fused_update(0, vm.K, rows.ctypes.data, vm.B, online.n_layers, online._dims, online._w,
+                     online._b, target._w, target._b, bases[OBS].data_ptr(),
+                     bases[NEXT].data_ptr(), bases[QVAL].data_ptr(), gbases[QVAL].data_ptr(),
+                     vm.code.ctypes.data, vm.start.ctypes.data, vm.out.ctypes.data,
+                     _pointers(bases), _pointers(gbases), losses.data_ptr(), learn.data_ptr(),
+                     max_loss, ok.data_ptr(), grads[0], grads[1], scratch.data_ptr())

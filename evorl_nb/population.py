@@ -16,10 +16,10 @@ operation instead:
   deepest input), one batched call per (level, op, input types) group across all agents,
   each level's inputs gathered from the value banks in one call per bank. On CPU the
   same nodes run instead in a compiled interpreter (:mod:`evorl_nb.lossvm`: every agent's
-  program, forward and backward, in one C call each), and the update runs chunk by chunk
-  of agents without autograd (:meth:`LossPlan.fused_update`), its networks in a compiled
-  kernel that runs one agent's whole network at a time (:class:`evorl_nb.lossvm.NetKernel`,
-  on CPUs with AVX-512). The per-agent losses are
+  program, forward and backward, in one C call each), and the update runs without
+  autograd (:meth:`LossPlan.fused_update`): on CPUs with AVX-512 as one C call that takes
+  the agents one at a time (networks, loss program, backward; :mod:`evorl_nb.lossvm`),
+  elsewhere chunk by chunk of agents with torch's batched products. The per-agent losses are
   **summed** (never averaged) into the value that is differentiated, so each agent
   receives exactly its own gradient.
 * **Failures** are per agent: a loss that turns NaN/inf, explodes or whose gradient is not
@@ -372,63 +372,6 @@ class _Level:
     reads: list[tuple[str, slice | torch.Tensor, list[int]]] = field(default_factory=list)
 
 
-class _Nets:
-    """The online and target networks' calls inside :meth:`LossPlan.fused_update`: the
-    compiled kernel (:class:`evorl_nb.lossvm.NetKernel`) where it runs, else torch's batched
-    products (:func:`_mlp_forward`, :func:`_mlp_backward`). Gradients go straight into
-    ``grads`` (the online network's tensors' shapes, interleaved weight and bias)."""
-
-    def __init__(self, online: StackedQ, target: StackedQ, grads: list[torch.Tensor]):
-        self.online, self.target, self.grads = online, target, grads
-        self.kernel = lossvm.networks_available()
-        if self.kernel:
-            self.k_on = lossvm.NetKernel(online.weights, online.biases)
-            self.k_tg = lossvm.NetKernel(target.weights, target.biases)
-            self.out = self.k_on.gradients(grads)
-
-    def scratch(self, rows: int) -> torch.Tensor | None:
-        """The kernel's work buffer for batches of up to ``rows`` rows."""
-        return self.k_on.scratch(rows) if self.kernel else None
-
-    def forward(self, is_online: bool, x: torch.Tensor, who, out: torch.Tensor, scratch):
-        """Write the Q-values of agents ``who`` (a slice or an index tensor) on ``x``
-        ``[n, N, D]`` into ``out`` ``[n, N, A]``; returns what :meth:`backward` needs."""
-        if self.kernel:
-            kern = self.k_on if is_online else self.k_tg
-            if not out.is_contiguous():
-                res = torch.empty(out.shape)
-                saved = kern.forward(x, who, res, scratch)
-                out.copy_(res)
-                return saved
-            return kern.forward(x, who, out, scratch)
-        netw = self.online if is_online else self.target
-        ws = [_take(w.detach(), who) for w in netw.weights]
-        y, hs = _mlp_forward(x, ws, [_take(b.detach(), who) for b in netw.biases])
-        out.copy_(y.transpose(1, 2))
-        return hs, ws
-
-    def backward(self, grad: torch.Tensor, saved, who, accumulate: bool, scratch) -> None:
-        """Write (or add) the online network's gradients for agents ``who`` given the
-        gradient ``grad`` ``[n, N, A]`` of its output."""
-        if self.kernel:
-            self.k_on.backward(grad, saved, who, self.out, accumulate, scratch)
-            return
-        hs, ws = saved
-        n = len(ws)
-        rows = [g[who] if isinstance(who, slice) else g for g in self.grads]
-        if not accumulate and isinstance(who, slice):
-            _mlp_backward(grad, hs, ws, False, [True] * n, [True] * n,
-                          out=(rows[0::2], rows[1::2]))
-            return
-        _, dws, dbs = _mlp_backward(grad, hs, ws, False, [True] * n, [True] * n)
-        for full, d in zip(self.grads, [t for pair in zip(dws, dbs, strict=True)
-                                        for t in pair], strict=True):
-            if isinstance(who, slice):
-                full[who] += d
-            else:
-                full.index_add_(0, who, d)
-
-
 class LossPlan:
     """K programs compiled for grouped evaluation over stacked networks (see module docs).
 
@@ -638,24 +581,39 @@ class LossPlan:
             self._vm[key] = out
         return self._vm[key]
 
+    def _agent_rows(self) -> np.ndarray:
+        """``[K, 4]`` int64: each agent's row in the Q bank (L bank, level 0) for the calls
+        in ``_COMBO_ORDER`` (online s_t, online s_{t+1}, target s_{t+1}, target s_t); -1
+        where the agent does not make that call."""
+        if "agent_rows" not in self._vm:
+            table = np.full((self.K, len(_COMBO_ORDER)), -1, dtype=np.int64)
+            start = 0
+            for c in self.combos:
+                agents = self.combo_agents[c].cpu().numpy()
+                table[agents, _COMBO_ORDER.index(c)] = start + np.arange(len(agents))
+                start += len(agents)
+            self._vm["agent_rows"] = table
+        return self._vm["agent_rows"]
+
     def fused_update(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                      next_obs: torch.Tensor, done: torch.Tensor, online: StackedQ,
                      target: StackedQ, gamma: float, generator, learn: torch.Tensor,
                      max_loss: float, chunk: int = 128
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """The per-agent losses and their gradients, chunk by chunk of agents, without
-        autograd; None where the interpreter cannot run (then use :meth:`losses`).
+        """The per-agent losses and their gradients without autograd; None where the
+        interpreter cannot run (then use :meth:`losses`).
 
-        For each chunk of ``chunk`` agents: the Q-network calls, the interpreter's forward,
-        the mask ``ok`` (loss finite, ``|loss| <= max_loss``, ``learn``), the interpreter's
-        backward of the ``ok`` losses' sum and the networks' written-out backward, while the
-        chunk's weights and activations may still be in cache (the whole population's
-        activations are several MiB at K=512). Chunks of 128 against one chunk of every
-        agent: +2% a step at K=512 on one thread, +13% at K=1024 with two torch threads
-        (measured with torch's products). The networks run in the compiled kernel
-        (:class:`evorl_nb.lossvm.NetKernel`) where :func:`evorl_nb.lossvm.networks_available`
-        says so, else in torch's batched products.
-        Sets ``p.grad`` of the online network's tensors; returns
+        Per agent: the Q-network calls, the interpreter's forward, the mask ``ok`` (loss
+        finite, ``|loss| <= max_loss``, ``learn``), the interpreter's backward of the ``ok``
+        losses' sum and the networks' written-out backward. Where
+        :func:`evorl_nb.lossvm.networks_available` (AVX-512), one C call
+        (:func:`evorl_nb.lossvm.fused_update`) does all of it one agent at a time, so an
+        agent's weights and activations stay in cache from its forward to its backward
+        (same-run A/B against the kernel called per network call, chunk by chunk: +10% a step
+        at K=8, +12% at K=128, +21% at K=512 and on the 256-256 network). Elsewhere it runs
+        chunk by chunk of ``chunk`` agents with torch's batched products (chunks of 128
+        against one chunk of every agent: +2% a step at K=512 on one thread, +13% at K=1024
+        with two torch threads). Sets ``p.grad`` of the online network's tensors; returns
         ``(losses [K], ok [K], online Q-values on s_t [K, B, A])``.
         """
         K, B = action.shape
@@ -676,43 +634,69 @@ class LossPlan:
         losses = torch.empty(K)
         dloss = torch.empty(K)  # 1.0 where the agent's loss counts (ok), else 0.0
         learn_u8 = learn.to(torch.uint8).contiguous()
+        if lossvm.networks_available():  # the whole update in one C call, agent by agent
+            grads = [torch.empty_like(p) for p in online.parameters]
+            k_on = lossvm.NetKernel(online.weights, online.biases)
+            lossvm.fused_update(vm, k_on, lossvm.NetKernel(target.weights, target.biases),
+                                self._agent_rows(), bases, gbases, losses, learn_u8, max_loss,
+                                dloss, k_on.gradients(grads))
+            for p, g in zip(online.parameters, grads, strict=True):
+                p.grad = g
+            return losses, dloss.bool(), q[:K]
+        w_on = [w.detach() for w in online.weights]
+        b_on = [b.detach() for b in online.biases]
+        w_tg = [w.detach() for w in target.weights]
+        b_tg = [b.detach() for b in target.biases]
         grads = [torch.empty_like(p) for p in online.parameters]
-        net = _Nets(online, target, grads)
+        n = len(w_on)
         states = {_S_T: obs, _S_TP1: next_obs}
-        scratch = net.scratch(2 * B)
         for k0, k1, calls in self._chunks(chunk):
             mine = slice(k0, k1)
-            saved = []  # (rows, what the backward needs, who) of each online call
+            on_w, on_b = [w[mine] for w in w_on], [b[mine] for b in b_on]
+            saved = []  # (rows, hs, weights, local agents or None) of each online call
             joint = None
             for c, rows, who in calls:
                 net_slot, state_slot = c
                 if c == (_ONLINE, _S_TP1) and isinstance(who, slice):
                     continue  # with s_t, below
+                x = states[state_slot]
                 if net_slot == TARGET:
-                    net.forward(False, _take(states[state_slot], who), who, q[rows], scratch)
+                    out, _ = _mlp_forward(_take(x, who), [_take(w, who) for w in w_tg],
+                                          [_take(b, who) for b in b_tg])
+                    q[rows] = out.transpose(1, 2)
                 elif state_slot == _S_T:  # every agent, first block: rows k0..k1
                     both = [r for cc, r, wh in calls
                             if cc == (_ONLINE, _S_TP1) and isinstance(wh, slice)]
                     if both:  # every agent of the chunk on both states: one call
-                        out = torch.empty(k1 - k0, 2 * B, A)
-                        hs = net.forward(True, torch.cat([obs[mine], next_obs[mine]], 1),
-                                         mine, out, scratch)
-                        q[rows], q[both[0]] = out[:, :B], out[:, B:]
+                        out, hs = _mlp_forward(torch.cat([obs[mine], next_obs[mine]], 1),
+                                               on_w, on_b)
+                        q[rows] = out[:, :, :B].transpose(1, 2)
+                        q[both[0]] = out[:, :, B:].transpose(1, 2)
                         joint = both[0]
                     else:
-                        hs = net.forward(True, obs[mine], mine, q[rows], scratch)
-                    saved.append((rows, hs, mine))
+                        out, hs = _mlp_forward(obs[mine], on_w, on_b)
+                        q[rows] = out.transpose(1, 2)
+                    saved.append((rows, hs, on_w, None))
                 else:  # the online net on s_{t+1}, some of the chunk's agents
-                    saved.append((rows, net.forward(True, _take(next_obs, who), who, q[rows],
-                                                    scratch), who))
+                    sw = [_take(w, who) for w in w_on]
+                    out, hs = _mlp_forward(_take(x, who), sw, [_take(b, who) for b in b_on])
+                    q[rows] = out.transpose(1, 2)
+                    saved.append((rows, hs, sw, who - k0))
             vm.forward(bases, losses, k0, k1, ok=(learn_u8, dloss, max_loss))
             vm.backward(bases, gbases, dloss, k0, k1)
-            for i, (rows, hs, who) in enumerate(saved):
+            for i, (rows, hs, wl, local) in enumerate(saved):
                 g = gq[rows]
                 if i == 0 and joint is not None:
                     g = torch.cat([g, gq[joint]], 1)
-                # the s_t call (every agent) comes first and writes; the others add
-                net.backward(g, hs, who, i > 0, scratch)
+                if local is None:  # every agent of the chunk: straight into its rows
+                    _mlp_backward(g, hs, wl, False, [True] * n, [True] * n,
+                                  out=([d[mine] for d in grads[0::2]],
+                                       [d[mine] for d in grads[1::2]]))
+                    continue
+                _, dws, dbs = _mlp_backward(g, hs, wl, False, [True] * n, [True] * n)
+                for full, d in zip(grads, [t for pair in zip(dws, dbs, strict=True)
+                                           for t in pair], strict=True):
+                    full[mine].index_add_(0, local, d)
         for p, g in zip(online.parameters, grads, strict=True):
             p.grad = g
         return losses, dloss.bool(), q[:K]
@@ -878,7 +862,8 @@ class Population:
         if int(chunk) < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.chunk = int(chunk)
-        """Agents per chunk of the fused update (CPU interpreter; see LossPlan.fused_update)."""
+        """Agents per chunk of the fused update where it runs on torch's products (CPU
+        without AVX-512; see LossPlan.fused_update)."""
         keep_freed_memory()
         self.slots = S = int(slots)
         """Agents trained at once."""

@@ -262,6 +262,7 @@ def test_fused_update_equals_autograd_through_the_interpreter(chunk, nets, monke
     gens = [torch.Generator().manual_seed(k) for k in range(K_PROGRAMS)]
     plan = LossPlan(progs, engine="c")
     assert 0 < len(plan.combo_agents[(0, 4)]) < K_PROGRAMS  # some agents use the subset
+    assert len(plan.combos) == 4  # online and target net on s_t and s_{t+1} all made
 
     online, target = _nets(5)
     losses = plan.losses(obs, action, reward, next_obs, done, online, target, 0.99, gens)
