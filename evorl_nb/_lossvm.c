@@ -364,7 +364,7 @@ void lossvm_backward(const int64_t *code, const int64_t *start, const int64_t *o
  */
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(EVORL_NB_NO_AVX512)
 #include <immintrin.h>
 #define HAVE_X86 1
 #define TGT __attribute__((target("avx512f,fma")))
@@ -680,47 +680,7 @@ TGT void mlp_act(int64_t n, int64_t L, const int64_t *dims, float *const *W, flo
         }
     }
 }
-#else /* no AVX-512 kernel for this CPU or compiler: mlp_available() says so, and the
-       * entry points exist (ctypes looks them up) but are never called */
+#else /* no AVX-512 kernel for this CPU or compiler: the network functions are not built, and
+       * mlp_available() says so (evorl_nb looks them up only where it returns 1) */
 int mlp_available(void) { return 0; }
-void mlp_forward(int64_t n, int64_t L, const int64_t *dims, float *const *W, float *const *b,
-                 const int64_t *agents, int64_t k0, const float *x, int64_t N,
-                 float *const *hs, float *out, float *scratch)
-{
-    (void)n, (void)L, (void)dims, (void)W, (void)b, (void)agents, (void)k0, (void)x;
-    (void)N, (void)hs, (void)out, (void)scratch;
-}
-void mlp_backward(int64_t n, int64_t L, const int64_t *dims, float *const *W,
-                  const int64_t *agents, int64_t k0, float *const *hs, int64_t N,
-                  const float *gout, float *const *dW, float *const *db, int acc,
-                  float *scratch)
-{
-    (void)n, (void)L, (void)dims, (void)W, (void)agents, (void)k0, (void)hs, (void)N;
-    (void)gout, (void)dW, (void)db, (void)acc, (void)scratch;
-}
-void mlp_act(int64_t n, int64_t L, const int64_t *dims, float *const *W, float *const *b,
-             int64_t k0, const float *x, float *out, float *scratch)
-{
-    (void)n, (void)L, (void)dims, (void)W, (void)b, (void)k0, (void)x, (void)out;
-    (void)scratch;
-}
-int64_t fused_scratch(int64_t L, const int64_t *dims, int64_t B)
-{
-    (void)L, (void)dims, (void)B;
-    return 0;
-}
-void fused_update(int64_t k0, int64_t k1, const int64_t *rows, int64_t B, int64_t L,
-                  const int64_t *dims, float *const *Won, float *const *bon,
-                  float *const *Wtg, float *const *btg, const float *obs,
-                  const float *next_obs, float *q, const float *gq, const int64_t *code,
-                  const int64_t *start, const int64_t *vout, float *const *bases,
-                  float *const *gbases, float *losses, const uint8_t *learn,
-                  float max_loss, float *ok, float *const *dW, float *const *db,
-                  float *scratch)
-{
-    (void)k0, (void)k1, (void)rows, (void)B, (void)L, (void)dims, (void)Won, (void)bon;
-    (void)Wtg, (void)btg, (void)obs, (void)next_obs, (void)q, (void)gq, (void)code;
-    (void)start, (void)vout, (void)bases, (void)gbases, (void)losses, (void)learn;
-    (void)max_loss, (void)ok, (void)dW, (void)db, (void)scratch;
-}
 #endif

@@ -150,7 +150,15 @@ def library() -> ctypes.CDLL | None:
                                    ctypes.c_float, p]
     lib.lossvm_backward.argtypes = [p, p, p, ctypes.c_int64, ctypes.c_int64, p, p, p]
     lib.lossvm_forward.restype = lib.lossvm_backward.restype = None
-    i64 = ctypes.c_int64
+    lib.mlp_available.restype = ctypes.c_int
+    if lib.mlp_available():  # the networks' functions exist only where they can run
+        _network_functions(lib)
+    _LIB = lib
+    return lib
+
+
+def _network_functions(lib: ctypes.CDLL) -> None:
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.mlp_forward.argtypes = [i64, i64, p, p, p, p, i64, p, i64, p, p, p]
     lib.mlp_backward.argtypes = [i64, i64, p, p, p, i64, p, i64, p, p, p, ctypes.c_int, p]
     lib.mlp_act.argtypes = [i64, i64, p, p, p, i64, p, p, p]
@@ -160,9 +168,6 @@ def library() -> ctypes.CDLL | None:
                                  p, p, p, ctypes.c_float, p, p, p, p]
     lib.fused_update.restype = None
     lib.mlp_forward.restype = lib.mlp_backward.restype = lib.mlp_act.restype = None
-    lib.mlp_available.restype = ctypes.c_int
-    _LIB = lib
-    return lib
 
 
 def available() -> bool:

@@ -210,6 +210,40 @@ except RuntimeError as e:
     assert rest and rest[0].startswith("refused:") and "could not be built" in rest[0]
 
 
+def test_without_the_networks_kernel_torch_products_train_the_same_runs(tmp_path):
+    """A library built without the AVX-512 kernel (as on other CPUs) says so, and the
+    population trains with torch's products: the very runs EVORL_NB_NET_ENGINE=torch gives."""
+    code = """
+import os, torch
+from evorl_nb import library, lossvm
+from evorl_nb.dqn import get_config
+from evorl_nb.population import train_population
+print(lossvm.networks_available())
+runs = train_population([library.get("dqn"), library.get("ddqn")], "CartPole-v1",
+                        get_config("ci", budget_steps=300), seeds=[1, 2])
+print([r.returns.tolist() for r in runs], [r.episodes[-1].q_initial for r in runs])
+os.environ["EVORL_NB_NET_ENGINE"] = "c"
+try:
+    lossvm.networks_available()
+except RuntimeError as e:
+    print("refused:", e)
+"""
+    cc = tmp_path / "cc-no-avx512"
+    cc.write_text('#!/bin/sh\nexec "${REAL_CC:-cc}" -DEVORL_NB_NO_AVX512 "$@"\n')
+    cc.chmod(0o755)
+    outs = []
+    for extra in ({"CC": str(cc), "EVORL_NB_CACHE": str(tmp_path / "no-avx")},
+                  {"EVORL_NB_NET_ENGINE": "torch"}):
+        env = dict(os.environ, **extra)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outs.append(done.stdout.splitlines())
+    assert outs[0][0] == "False" and outs[1][0] == "False"
+    assert outs[0][1] == outs[1][1]  # identical returns and Q-values
+    assert outs[0][2].startswith("refused:") and "AVX-512" in outs[0][2]
+
+
 def test_the_library_is_built_once_into_the_cache(tmp_path):
     code = "from evorl_nb import lossvm; print(lossvm.library() is not None)"
     env = dict(os.environ, EVORL_NB_CACHE=str(tmp_path))
