@@ -359,14 +359,15 @@ void lossvm_backward(const int64_t *code, const int64_t *start, const int64_t *o
  * in L1/L2 between layers (the stacked torch products sweep every agent's tensors through the
  * cache once per layer). The products run in an AVX-512 register-tile kernel (6 rows x 64
  * columns of accumulators, a broadcast A element times vector rows of B); mlp_available() is
- * 0 on other CPUs, where evorl_nb uses torch's batched products instead. Summation order
- * differs from MKL's, so values agree to float rounding, not bit for bit.
+ * 0 on other CPUs (and where EVORL_NB_NO_AVX512 is defined), where evorl_nb uses torch's
+ * batched products instead. Summation order differs from MKL's, so values agree to float
+ * rounding, not bit for bit. fused_update() at the end runs a whole update this way: each
+ * agent's networks, its loss program (the interpreter above) and their backward in turn.
  */
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(EVORL_NB_NO_AVX512)
 #include <immintrin.h>
-#define HAVE_X86 1
 #define TGT __attribute__((target("avx512f,fma")))
 #define INL static inline __attribute__((always_inline))
 

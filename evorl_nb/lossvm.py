@@ -328,6 +328,17 @@ def _array(values, ctype=ctypes.c_void_p):
     return (ctype * len(values))(*values)
 
 
+def _check(t: torch.Tensor, lead: tuple, numel: int, name: str) -> None:
+    """The C side reads and writes by pointer: a tensor of the wrong type, layout or size
+    would crash or corrupt memory there, so it is an error here. ``lead``: the leading
+    dimensions; ``numel``: the element count (trailing dimensions may be split, as an
+    observation ``[H, W, C]`` is ``H * W * C`` features)."""
+    if (t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()
+            or tuple(t.shape[:len(lead)]) != tuple(lead) or t.numel() != numel):
+        raise ValueError(f"{name}: expected a contiguous CPU float32 tensor {tuple(lead)}+ "
+                         f"of {numel} elements, got {tuple(t.shape)} {t.dtype} on {t.device}")
+
+
 class NetKernel:
     """K stacked MLPs (``weights[l]`` ``[K, out, in]``, ``biases[l]`` ``[K, out, 1]``, CPU
     float32, contiguous; ReLU between layers) run by the compiled kernel, one agent's whole
@@ -345,6 +356,12 @@ class NetKernel:
             if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
                 raise ValueError("NetKernel needs contiguous CPU float32 tensors")
         self.dims = [self.weights[0].shape[2]] + [w.shape[1] for w in self.weights]
+        self.size = self.weights[0].shape[0]
+        """Number of agents K."""
+        for w, b, i, o in zip(self.weights, self.biases, self.dims[:-1], self.dims[1:],
+                              strict=True):
+            if tuple(w.shape) != (self.size, o, i) or b.numel() != self.size * o:
+                raise ValueError(f"layer shapes {tuple(w.shape)}, {tuple(b.shape)} do not chain")
         self._dims = _array(self.dims, ctypes.c_int64)
         self._w = _array([w.data_ptr() for w in self.weights])
         self._b = _array([b.data_ptr() for b in self.biases])
@@ -356,11 +373,16 @@ class NetKernel:
         biggest = max(a * b for a, b in zip(self.dims[:-1], self.dims[1:], strict=True))
         return torch.empty(2 * N * widest + biggest)
 
-    @staticmethod
-    def _who(who) -> tuple[Any, int, torch.Tensor | None]:
+    def _who(self, who, n: int) -> tuple[Any, int, torch.Tensor | None]:
+        """(index pointer or None, first agent, the index tensor to keep alive)."""
         if isinstance(who, slice):
-            return None, who.start or 0, None
+            k0, k1, step = who.indices(self.size)
+            if step != 1 or k1 - k0 != n:
+                raise ValueError(f"who={who} does not pick {n} consecutive agents of {self.size}")
+            return None, k0, None
         idx = who.to(torch.int64).contiguous()
+        if len(idx) != n or (n and (int(idx.min()) < 0 or int(idx.max()) >= self.size)):
+            raise ValueError(f"who: {n} agent indices in 0..{self.size - 1} expected")
         return idx.data_ptr(), 0, idx
 
     def forward(self, x: torch.Tensor, who, out: torch.Tensor,
@@ -370,8 +392,13 @@ class NetKernel:
         hidden layers' ReLU outputs)."""
         x = x.contiguous()
         n, N = x.shape[0], x.shape[1]
+        _check(x, (n, N), n * N * self.dims[0], "x")
+        _check(out, (n, N), n * N * self.dims[-1], "out")
+        _check(scratch, (), scratch.numel(), "scratch")
+        if scratch.numel() < self.scratch(N).numel():
+            raise ValueError(f"scratch: {scratch.numel()} floats, {N} rows need more")
         hs = [x] + [torch.empty(n, N, d) for d in self.dims[1:-1]]
-        agents, k0, _keep = self._who(who)
+        agents, k0, _keep = self._who(who, n)
         library().mlp_forward(n, self.n_layers, self._dims, self._w, self._b, agents, k0,
                               x.data_ptr(), N, _array([h.data_ptr() for h in hs]),
                               out.data_ptr(), scratch.data_ptr())
@@ -382,6 +409,8 @@ class NetKernel:
         dot products with the weights' rows, read in place (acting)."""
         x = x.contiguous()
         out = torch.empty(len(x), self.dims[-1]) if out is None else out
+        _check(x, (self.size,), self.size * self.dims[0], "x")
+        _check(out, (self.size,), self.size * self.dims[-1], "out")
         scratch = torch.empty(2 * max(self.dims))
         library().mlp_act(len(x), self.n_layers, self._dims, self._w, self._b, 0, x.data_ptr(),
                           out.data_ptr(), scratch.data_ptr())
@@ -390,9 +419,11 @@ class NetKernel:
     def gradients(self, grads: list[torch.Tensor]):
         """The pointer tables :meth:`backward` writes into: ``grads`` are tensors shaped like
         the weights and biases, interleaved (``[dW0, db0, dW1, db1, ...]``)."""
-        for g in grads:
-            if g.dtype != torch.float32 or not g.is_contiguous():
-                raise ValueError("gradient tensors must be contiguous float32")
+        if len(grads) != 2 * self.n_layers:
+            raise ValueError(f"{len(grads)} gradient tensors for {self.n_layers} layers")
+        for g, p in zip(grads, [t for pair in zip(self.weights, self.biases, strict=True)
+                                for t in pair], strict=True):
+            _check(g, tuple(p.shape), p.numel(), "gradient")
         return _array([g.data_ptr() for g in grads[0::2]]), _array(
             [g.data_ptr() for g in grads[1::2]])
 
@@ -402,7 +433,13 @@ class NetKernel:
         ``[n, N, A]``; ``saved`` from :meth:`forward`), written (or added, ``accumulate``)
         into their rows of ``grads`` (from :meth:`gradients`)."""
         grad = grad.contiguous()
-        agents, k0, _keep = self._who(who)
+        n, N = grad.shape[0], grad.shape[1]
+        _check(grad, (n, N), n * N * self.dims[-1], "grad")
+        if len(saved) != self.n_layers or any(h.shape[:2] != (n, N) for h in saved):
+            raise ValueError("saved: not what forward returned for this batch")
+        if scratch.numel() < self.scratch(N).numel():
+            raise ValueError(f"scratch: {scratch.numel()} floats, {N} rows need more")
+        agents, k0, _keep = self._who(who, n)
         library().mlp_backward(grad.shape[0], self.n_layers, self._dims, self._w, agents, k0,
                                _array([h.data_ptr() for h in saved]), grad.shape[1],
                                grad.data_ptr(), grads[0], grads[1], int(accumulate),
@@ -420,9 +457,22 @@ def fused_update(vm: VMCode, online: NetKernel, target: NetKernel, rows: np.ndar
     ``gbases`` as for :meth:`VMCode.forward`/:meth:`VMCode.backward` (gradients zeroed);
     writes ``losses``, ``ok`` (as ``VMCode.forward``'s ``ok``) and the gradients ``grads``
     (:meth:`NetKernel.gradients` of the online network's tensors)."""
-    lib = library()
+    K, B, D, A = vm.K, vm.B, online.dims[0], online.dims[-1]
+    if target.dims != online.dims or online.size != K or target.size != K:
+        raise ValueError(f"networks {online.dims} x {online.size} and {target.dims} x "
+                         f"{target.size} for {K} programs")
     rows = np.ascontiguousarray(rows, dtype=np.int64)
-    scratch = torch.empty(lib.fused_scratch(online.n_layers, online._dims, vm.B))
+    q = bases[QVAL]
+    if rows.shape != (K, 4) or rows[:, 0].min() < 0 or rows.max() >= len(q):
+        raise ValueError("rows: a [K, 4] table of Q-bank rows, every agent on s_t")
+    for name, t, n in (("obs", bases[OBS], K * B * D), ("next_obs", bases[NEXT], K * B * D),
+                       ("q", q, len(q) * B * A), ("gq", gbases[QVAL], len(q) * B * A),
+                       ("losses", losses, K), ("ok", ok, K)):
+        _check(t, (len(t),), n, name)
+    if learn.dtype != torch.uint8 or learn.numel() != K or not learn.is_contiguous():
+        raise ValueError("learn: [K] contiguous uint8")
+    lib = library()
+    scratch = torch.empty(lib.fused_scratch(online.n_layers, online._dims, B))
     lib.fused_update(0, vm.K, rows.ctypes.data, vm.B, online.n_layers, online._dims, online._w,
                      online._b, target._w, target._b, bases[OBS].data_ptr(),
                      bases[NEXT].data_ptr(), bases[QVAL].data_ptr(), gbases[QVAL].data_ptr(),

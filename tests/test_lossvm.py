@@ -372,3 +372,31 @@ def test_network_engine_setting_reads_the_environment(monkeypatch):
         lossvm.NetKernel([torch.zeros(2, 3, 4, dtype=torch.float64)],
                          [torch.zeros(2, 3, 1, dtype=torch.float64)])
 
+
+
+def test_network_kernel_refuses_tensors_it_would_read_or_write_out_of_bounds(monkeypatch):
+    """The C side works by pointer: shapes that do not fit are clear errors, not a crash."""
+    _net_engine(monkeypatch, "c")
+    net = StackedQ.from_generators(4, 2, (8,), [torch.Generator().manual_seed(k)
+                                                 for k in range(3)])
+    kern = lossvm.NetKernel(net.weights, net.biases)
+    scratch = kern.scratch(5)
+    x, out = torch.zeros(3, 5, 4), torch.zeros(3, 5, 2)
+    kern.forward(x, slice(0, 3), out, scratch)  # fits
+    bad = [
+        (torch.zeros(3, 5, 6), slice(0, 3), out, scratch, "x"),  # 6 features, not 4
+        (x, slice(0, 3), torch.zeros(3, 5, 3), scratch, "out"),
+        (x, slice(0, 3), out.transpose(0, 1).contiguous().transpose(0, 1), scratch, "out"),
+        (x, slice(1, 4), out, scratch, "who"),  # past the last agent
+        (x, torch.tensor([0, 1, 3]), out, scratch, "who"),
+        (x, slice(0, 3), out, torch.zeros(4), "scratch"),
+    ]
+    for args in bad:
+        with pytest.raises(ValueError, match=args[-1]):
+            kern.forward(*args[:-1])
+    with pytest.raises(ValueError, match="gradient"):
+        kern.gradients([torch.zeros_like(p) for p in net.parameters][:-1])
+    with pytest.raises(ValueError, match="x"):
+        kern.act(torch.zeros(2, 4))  # one observation per agent: 3, not 2
+    with pytest.raises(ValueError, match="do not chain"):
+        lossvm.NetKernel([net.weights[0], net.weights[0]], net.biases)
