@@ -595,6 +595,41 @@ int64_t fused_scratch(int64_t L, const int64_t *dims, int64_t B)
     return 2 * B * dims[0] + 4 * B * dims[L] + 3 * B * hidden + 4 * B * mx + mw;
 }
 
+/* Adam on n entries of one agent (param p, gradient g, moments m, v), the arithmetic of the
+ * population's per-row form (torch's fused Adam to float rounding): m += w1 (g - m);
+ * v = b2 v + (1 - b2) g^2; p += size * m / (sqrt(v) / root2 + eps), 16 lanes at a time
+ * (the division by root2 as a product with its inverse: divisions are slow here). */
+static TGT void adam_entries(float *p, const float *g, float *m, float *v, int64_t n,
+                             const float *c /* w1, b2, 1 - b2, root2, eps, size */)
+{
+    const __m512 w1 = _mm512_set1_ps(c[0]), b2 = _mm512_set1_ps(c[1]);
+    const __m512 w2 = _mm512_set1_ps(c[2]), inv_root2 = _mm512_set1_ps(1.f / c[3]);
+    const __m512 eps = _mm512_set1_ps(c[4]), size = _mm512_set1_ps(c[5]);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 gi = _mm512_maskz_loadu_ps(k, g + i), mi = _mm512_maskz_loadu_ps(k, m + i);
+        __m512 vi = _mm512_maskz_loadu_ps(k, v + i), pi = _mm512_maskz_loadu_ps(k, p + i);
+        mi = _mm512_add_ps(mi, _mm512_mul_ps(w1, _mm512_sub_ps(gi, mi)));
+        vi = _mm512_add_ps(_mm512_mul_ps(vi, b2), _mm512_mul_ps(w2, _mm512_mul_ps(gi, gi)));
+        __m512 denom = _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(vi), inv_root2), eps);
+        pi = _mm512_add_ps(pi, _mm512_mul_ps(_mm512_div_ps(mi, denom), size));
+        _mm512_mask_storeu_ps(m + i, k, mi);
+        _mm512_mask_storeu_ps(v + i, k, vi);
+        _mm512_mask_storeu_ps(p + i, k, pi);
+    }
+}
+
+/* The sum of n entries, 16 lanes at a time (only its finiteness is used) */
+static TGT float sum_entries(const float *x, int64_t n)
+{
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(k, x + i));
+    }
+    return _mm512_reduce_add_ps(s);
+}
+
 /* The whole update of agents k0..k1 (LossPlan.fused_update), one agent at a time so that its
  * weights and activations stay in cache: the online network on s_t, and on s_{t+1} in the
  * same call where its loss reads Q(s_{t+1}); the target network where it is read; the loss
@@ -602,7 +637,10 @@ int64_t fused_scratch(int64_t L, const int64_t *dims, int64_t B)
  * network's backward into the agent's gradient rows. rows[4k + c]: agent k's row in the
  * Q-value bank for call c = online s_t, online s_{t+1}, target s_{t+1}, target s_t (-1: not
  * made). obs, next_obs [K, B, dims[0]]; q, gq the Q bank and its gradient [rows, B, A] (as in
- * bases[] and gbases[]); the interpreter's arguments as lossvm_forward/backward take them. */
+ * bases[] and gbases[]); the interpreter's arguments as lossvm_forward/backward take them.
+ * With moments (per layer: weight m, weight v, bias m, bias v) also the gradient check into
+ * grad_ok[k] and, where learn, ok and grad_ok, Adam's step steps[k] + 1 on the agent's rows
+ * (hyper: lr, beta1, beta2, eps), while they are in cache. */
 TGT void fused_update(int64_t k0, int64_t k1, const int64_t *rows, int64_t B, int64_t L,
                       const int64_t *dims, float *const *Won, float *const *bon,
                       float *const *Wtg, float *const *btg, const float *obs,
@@ -610,7 +648,8 @@ TGT void fused_update(int64_t k0, int64_t k1, const int64_t *rows, int64_t B, in
                       const int64_t *start, const int64_t *vout, float *const *bases,
                       float *const *gbases, float *losses, const uint8_t *learn,
                       float max_loss, float *ok, float *const *dW, float *const *db,
-                      float *scratch)
+                      float *scratch, float *const *moments, const int64_t *steps,
+                      const double *hyper, uint8_t *grad_ok)
 {
     const int64_t D = dims[0], A = dims[L];
     int64_t mx = 0, hidden = 0;
@@ -622,6 +661,14 @@ TGT void fused_update(int64_t k0, int64_t k1, const int64_t *rows, int64_t B, in
     for (int64_t k = k0; k < k1; k++) {
         const int64_t *r = rows + 4 * k;
         const int64_t N = r[1] >= 0 ? 2 * B : B;
+        if (moments && k + 1 < k1) /* the next agent's moments, on their way to L2 meanwhile */
+            for (int64_t l = 0; l < L; l++) {
+                int64_t nw = dims[l] * dims[l + 1];
+                for (int j = 0; j < 2; j++)
+                    for (int64_t i = 0; i < nw; i += 16)
+                        _mm_prefetch((const char *)(moments[4 * l + j] + (k + 1) * nw + i),
+                                     _MM_HINT_T1);
+            }
         const float *s = obs + k * B * D, *s1 = next_obs + k * B * D, *x = s;
         float *off = hid, *off_t = hid_t;
         for (int64_t l = 1; l < L; l++) {
@@ -645,6 +692,27 @@ TGT void fused_update(int64_t k0, int64_t k1, const int64_t *rows, int64_t B, in
         if (r[1] >= 0) memcpy(G + B * A, gq + r[1] * B * A, (size_t)(B * A) * sizeof(float));
         h[0] = (float *)x;
         net_backward(L, dims, Won, k, (const float *const *)h, N, G, dW, db, 0, work);
+        if (!moments) continue;
+        /* the trainer's gradient check (every gradient entry's sum is finite), then Adam
+         * where the agent learns, its loss counts (ok) and its gradient is finite */
+        float total = 0.f;
+        for (int64_t l = 0; l < L; l++) {
+            int64_t nw = dims[l] * dims[l + 1], nb = dims[l + 1];
+            total += sum_entries(dW[l] + k * nw, nw) + sum_entries(db[l] + k * nb, nb);
+        }
+        grad_ok[k] = (uint8_t)isfinite(total);
+        if (!(grad_ok[k] && ok[k] != 0.f)) continue;
+        double t = (double)(steps[k] + 1), b1 = hyper[1], b2 = hyper[2];
+        double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
+        const float c[6] = {(float)(1.0 - b1), (float)b2, (float)(1.0 - b2), (float)sqrt(bc2),
+                            (float)hyper[3], (float)(-hyper[0] / bc1)};
+        for (int64_t l = 0; l < L; l++) {
+            int64_t nw = dims[l] * dims[l + 1], nb = dims[l + 1];
+            adam_entries(Won[l] + k * nw, dW[l] + k * nw, moments[4 * l] + k * nw,
+                         moments[4 * l + 1] + k * nw, nw, c);
+            adam_entries(bon[l] + k * nb, db[l] + k * nb, moments[4 * l + 2] + k * nb,
+                         moments[4 * l + 3] + k * nb, nb, c);
+        }
     }
 }
 

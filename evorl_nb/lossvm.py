@@ -165,7 +165,7 @@ def _network_functions(lib: ctypes.CDLL) -> None:
     lib.fused_scratch.argtypes = [i64, p, i64]
     lib.fused_scratch.restype = i64
     lib.fused_update.argtypes = [i64, i64, p, i64, i64, p, p, p, p, p, p, p, p, p, p, p, p, p,
-                                 p, p, p, ctypes.c_float, p, p, p, p]
+                                 p, p, p, ctypes.c_float, p, p, p, p, p, p, p, p]
     lib.fused_update.restype = None
     lib.mlp_forward.restype = lib.mlp_backward.restype = lib.mlp_act.restype = None
 
@@ -448,7 +448,8 @@ class NetKernel:
 
 def fused_update(vm: VMCode, online: NetKernel, target: NetKernel, rows: np.ndarray,
                  bases: list, gbases: list, losses: torch.Tensor, learn: torch.Tensor,
-                 max_loss: float, ok: torch.Tensor, grads) -> None:
+                 max_loss: float, ok: torch.Tensor, grads, adam: tuple | None = None
+                 ) -> torch.Tensor | None:
     """The whole CPU update in one C call (see ``fused_update`` in ``_lossvm.c``), agent by
     agent: the online network on s_t (with s_{t+1} in the same call where the agent's loss
     reads it), the target network where read, the interpreter's forward and backward, the
@@ -456,7 +457,14 @@ def fused_update(vm: VMCode, online: NetKernel, target: NetKernel, rows: np.ndar
     online s_t, online s_{t+1}, target s_{t+1}, target s_t (-1: not made). ``bases`` and
     ``gbases`` as for :meth:`VMCode.forward`/:meth:`VMCode.backward` (gradients zeroed);
     writes ``losses``, ``ok`` (as ``VMCode.forward``'s ``ok``) and the gradients ``grads``
-    (:meth:`NetKernel.gradients` of the online network's tensors)."""
+    (:meth:`NetKernel.gradients` of the online network's tensors).
+
+    ``adam=(moments, steps, lr, beta1, beta2, eps)`` (``moments``: ``(exp_avg, exp_avg_sq)``
+    per online tensor, in :attr:`StackedQ.parameters` order; ``steps``: ``[K]`` int64 Adam
+    steps taken so far) also takes Adam's step on each agent whose loss counts (``ok``) and
+    whose gradient passes the trainer's check (the sum of its entries is finite), in the
+    same pass, and returns that check as a ``[K]`` bool tensor; the caller advances
+    ``steps`` where ``ok`` and the check hold. Without ``adam`` returns None."""
     K, B, D, A = vm.K, vm.B, online.dims[0], online.dims[-1]
     if target.dims != online.dims or online.size != K or target.size != K:
         raise ValueError(f"networks {online.dims} x {online.size} and {target.dims} x "
@@ -471,6 +479,21 @@ def fused_update(vm: VMCode, online: NetKernel, target: NetKernel, rows: np.ndar
         _check(t, (len(t),), n, name)
     if learn.dtype != torch.uint8 or learn.numel() != K or not learn.is_contiguous():
         raise ValueError("learn: [K] contiguous uint8")
+    table, steps, hyper, grad_ok = None, None, None, None
+    if adam is not None:
+        moments, steps, lr, beta1, beta2, eps = adam
+        if len(moments) != 2 * online.n_layers:
+            raise ValueError(f"{len(moments)} moment pairs for {online.n_layers} layers")
+        shapes = [t for pair in zip(online.weights, online.biases, strict=True) for t in pair]
+        for (m, v), p in zip(moments, shapes, strict=True):
+            _check(m, tuple(p.shape), p.numel(), "exp_avg")
+            _check(v, tuple(p.shape), p.numel(), "exp_avg_sq")
+        steps = np.ascontiguousarray(steps, dtype=np.int64)
+        if steps.shape != (K,):
+            raise ValueError(f"steps: [K] Adam step counts, got {steps.shape}")
+        table = _array([t.data_ptr() for pair in moments for t in pair])
+        hyper = np.array([lr, beta1, beta2, eps], dtype=np.float64)
+        grad_ok = torch.zeros(K, dtype=torch.uint8)
     lib = library()
     scratch = torch.empty(lib.fused_scratch(online.n_layers, online._dims, B))
     lib.fused_update(0, vm.K, rows.ctypes.data, vm.B, online.n_layers, online._dims, online._w,
@@ -478,4 +501,8 @@ def fused_update(vm: VMCode, online: NetKernel, target: NetKernel, rows: np.ndar
                      bases[NEXT].data_ptr(), bases[QVAL].data_ptr(), gbases[QVAL].data_ptr(),
                      vm.code.ctypes.data, vm.start.ctypes.data, vm.out.ctypes.data,
                      _pointers(bases), _pointers(gbases), losses.data_ptr(), learn.data_ptr(),
-                     max_loss, ok.data_ptr(), grads[0], grads[1], scratch.data_ptr())
+                     max_loss, ok.data_ptr(), grads[0], grads[1], scratch.data_ptr(), table,
+                     None if steps is None else steps.ctypes.data,
+                     None if hyper is None else hyper.ctypes.data,
+                     None if grad_ok is None else grad_ok.data_ptr())
+    return None if grad_ok is None else grad_ok.bool()

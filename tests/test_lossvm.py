@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from test_population import _programs, _td_loss
@@ -307,7 +308,7 @@ def test_fused_update_equals_autograd_through_the_interpreter(chunk, nets, monke
 
     online, target = _nets(5)
     gens = [torch.Generator().manual_seed(k) for k in range(K_PROGRAMS)]
-    got_values, got_ok, q_sa = plan.fused_update(obs, action, reward, next_obs, done, online,
+    got_values, got_ok, q_sa, _ = plan.fused_update(obs, action, reward, next_obs, done, online,
                                                  target, 0.99, gens, learn, 1e6, chunk)
     assert torch.equal(got_ok, ok) and 0 < int(ok.sum()) < K_PROGRAMS
     assert torch.allclose(got_values, values, rtol=1e-6, atol=1e-7, equal_nan=True)
@@ -400,3 +401,55 @@ def test_network_kernel_refuses_tensors_it_would_read_or_write_out_of_bounds(mon
         kern.act(torch.zeros(2, 4))  # one observation per agent: 3, not 2
     with pytest.raises(ValueError, match="do not chain"):
         lossvm.NetKernel([net.weights[0], net.weights[0]], net.biases)
+
+
+def test_adam_in_the_kernels_pass_equals_the_trainers_adam_step(monkeypatch):
+    """With the networks' kernel, the gradient check and Adam's step happen inside the
+    update's C call. One update of a population with rows at different Adam step counts, a
+    row not learning, a NaN loss and a non-finite gradient under a finite loss (an infinite
+    weight under a saturating loss) gives the same failures, step counts, parameters and
+    moments as the torch products followed by the trainer's own check and Adam."""
+    from fakes import nan_program
+
+    from evorl_nb.dqn import get_config
+    from evorl_nb.population import Population
+
+    b = ProgramBuilder()  # exp(-|Q(s, a)|): finite (0) where Q is infinite, gradient 0
+    q_sa = b.SelectList(b.QValues(b.q, b.s_t), b.a_t)
+    saturating = b.build(b.Exp(b.Subtract(b.Subtract(b.r_t, b.r_t), b.Abs(q_sa))))
+    progs = [library.get("dqn"), library.get("ddqn"), saturating, nan_program(),
+             library.get("dqn"), library.get("cql")]
+    learn = np.array([True, True, True, True, False, True])
+    cfg = get_config("quick", hidden=(16, 16), learning_starts=10**6,
+                     eps_decay_steps=10**9)  # exploration ~1: the same replay either way
+    states = {}
+    for nets in ("c", "torch"):
+        _net_engine(monkeypatch, nets)
+        pop = Population("CartPole-v1", cfg, slots=len(progs))
+        for k, prog in enumerate(progs):
+            pop.add(prog, seed=k)
+        pop.advance(max_steps=80)  # fills the replay buffers, no update yet
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for (m, v), p in zip(pop.moments, pop.online.parameters, strict=True):
+                m.copy_(torch.randn(p.shape, generator=gen) * 1e-2)
+                v.copy_(torch.rand(p.shape, generator=gen) * 1e-4)
+            # agent 2: one infinite last-layer weight on a unit that is always on, so Q of
+            # action 0 is inf, the loss stays finite, and the backward's inf * 0 is NaN
+            pop.online.weights[-1][2, 0, 0] = float("inf")
+            pop.online.biases[-2][2, 0] = 1e3
+        pop.adam_steps[:] = [0, 7, 3, 5, 2, 9]
+        failed = pop._update(learn)
+        states[nets] = (failed, pop.adam_steps.copy(),
+                        [p.detach().clone() for p in pop.online.parameters],
+                        [t.clone() for pair in pop.moments for t in pair])
+        pop.close()
+    (f_c, s_c, p_c, m_c), (f_t, s_t, p_t, m_t) = states["c"], states["torch"]
+    assert f_c == f_t and f_c[2] == "gradient is not finite" and f_c[3].startswith("loss is")
+    assert s_c.tolist() == s_t.tolist() == [1, 8, 3, 5, 2, 10]  # stepped rows advance
+    for got, want in zip(p_c + m_c, p_t + m_t, strict=True):
+        keep = torch.ones(len(got), dtype=torch.bool)
+        keep[2] = keep[3] = False  # failed rows: their values no longer matter (the torch
+        # path's Adam may carry them along in a run of rows)
+        assert torch.allclose(got[keep], want[keep], rtol=1e-4, atol=1e-6)
+        assert torch.equal(got[4], want[4])  # not learning: left alone by both
