@@ -333,8 +333,8 @@ def _check(t: torch.Tensor, lead: tuple, numel: int, name: str) -> None:
     would crash or corrupt memory there, so it is an error here. ``lead``: the leading
     dimensions; ``numel``: the element count (trailing dimensions may be split, as an
     observation ``[H, W, C]`` is ``H * W * C`` features)."""
-    if (t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()
-            or tuple(t.shape[:len(lead)]) != tuple(lead) or t.numel() != numel):
+    if not (t.dtype == torch.float32 and t.is_cpu and t.is_contiguous()
+            and t.numel() == numel and t.shape[:len(lead)] == tuple(lead)):
         raise ValueError(f"{name}: expected a contiguous CPU float32 tensor {tuple(lead)}+ "
                          f"of {numel} elements, got {tuple(t.shape)} {t.dtype} on {t.device}")
 
