@@ -1221,7 +1221,9 @@ class Population:
 
     def _adam(self, stepped: np.ndarray, learn: np.ndarray) -> None:
         """Adam on the learner rows in ``stepped``, each with its own step count (rows that
-        train but did not learn this step, ``learn`` false, are left alone).
+        train but did not learn this step, ``learn`` false, are left alone). Where the
+        networks' kernel runs, Adam's step happens inside the update's C call instead (see
+        :meth:`LossPlan.fused_update`); this is the step of every other path.
 
         Mostly torch's fused Adam kernel, the one the single trainer runs
         (``Adam(fused=True)``, default betas and eps), called directly
