@@ -500,6 +500,21 @@ static TGT void transpose(const float *src, int64_t rows, int64_t cols, float *d
 
 int mlp_available(void) { return __builtin_cpu_supports("avx512f") ? 1 : 0; }
 
+/* The widest layer of dims[0..L], and the hidden layers' widths summed */
+static int64_t widest(int64_t L, const int64_t *dims)
+{
+    int64_t mx = 0;
+    for (int64_t l = 0; l <= L; l++) mx = dims[l] > mx ? dims[l] : mx;
+    return mx;
+}
+
+static int64_t hidden_widths(int64_t L, const int64_t *dims)
+{
+    int64_t sum = 0;
+    for (int64_t l = 1; l < L; l++) sum += dims[l];
+    return sum;
+}
+
 /* Agent a's network on x [N, dims[0]]: the hidden layers' ReLU outputs into h[l] (l = 1..L-1,
  * [N, dims[l]]; h[0] is not used) and the output into out [N, dims[L]]. wt: max(dims[l] *
  * dims[l+1]) floats for a weight's transpose. */
@@ -524,8 +539,7 @@ static TGT void net_backward(int64_t L, const int64_t *dims, float *const *W, in
                              const float *const *h, int64_t N, const float *gout,
                              float *const *dW, float *const *db, int acc, float *scratch)
 {
-    int64_t mx = 0;
-    for (int64_t l = 0; l <= L; l++) mx = dims[l] > mx ? dims[l] : mx;
+    const int64_t mx = widest(L, dims);
     float *g2[2] = {scratch, scratch + N * mx};
     float *T = scratch + 2 * N * mx;
     const float *g = gout;
@@ -588,10 +602,9 @@ TGT void mlp_backward(int64_t n, int64_t L, const int64_t *dims, float *const *W
 /* Floats of scratch fused_update needs for batches of B transitions. */
 int64_t fused_scratch(int64_t L, const int64_t *dims, int64_t B)
 {
-    int64_t mx = 0, mw = 0, hidden = 0;
-    for (int64_t l = 0; l <= L; l++) mx = dims[l] > mx ? dims[l] : mx;
+    const int64_t mx = widest(L, dims), hidden = hidden_widths(L, dims);
+    int64_t mw = 0;
     for (int64_t l = 0; l < L; l++) mw = dims[l] * dims[l + 1] > mw ? dims[l] * dims[l + 1] : mw;
-    for (int64_t l = 1; l < L; l++) hidden += dims[l];
     return 2 * B * dims[0] + 4 * B * dims[L] + 3 * B * hidden + 4 * B * mx + mw;
 }
 
@@ -652,9 +665,7 @@ TGT void fused_update(int64_t k0, int64_t k1, const int64_t *rows, int64_t B, in
                       const double *hyper, uint8_t *grad_ok)
 {
     const int64_t D = dims[0], A = dims[L];
-    int64_t mx = 0, hidden = 0;
-    for (int64_t l = 0; l <= L; l++) mx = dims[l] > mx ? dims[l] : mx;
-    for (int64_t l = 1; l < L; l++) hidden += dims[l];
+    const int64_t hidden = hidden_widths(L, dims);
     float *X = scratch, *out = X + 2 * B * D, *G = out + 2 * B * A;
     float *hid = G + 2 * B * A, *hid_t = hid + 2 * B * hidden, *work = hid_t + B * hidden;
     float *h[L + 1], *ht[L + 1];
@@ -722,8 +733,7 @@ TGT void fused_update(int64_t k0, int64_t k1, const int64_t *rows, int64_t B, in
 TGT void mlp_act(int64_t n, int64_t L, const int64_t *dims, float *const *W, float *const *b,
                  int64_t k0, const float *x, float *out, float *scratch)
 {
-    int64_t mx = 0;
-    for (int64_t l = 0; l <= L; l++) mx = dims[l] > mx ? dims[l] : mx;
+    const int64_t mx = widest(L, dims);
     for (int64_t k = 0; k < n; k++) {
         int64_t a = k0 + k;
         const float *h = x + k * dims[0];
