@@ -6,7 +6,9 @@
     evorl-nb evaluate --program dqn_reg --env CartPole-v1 --preset quick --seeds 3
     evorl-nb envs                     list the registered environments
     evorl-nb evolve --preset quick --out runs/NAME [--backend local --workers 2]
+    evorl-nb evolve --preset dqnreg --print-config > my.toml   (edit, then --config my.toml)
     evorl-nb resume runs/NAME         continue a stopped or killed search
+    evorl-nb rescore runs/NAME        re-train the top programs, DQN, DQNReg on fresh seeds
     evorl-nb show runs/NAME           top programs and duplicate / hurdle / failure rates
     evorl-nb reproduce training --budget quick   a paper experiment, docs/results/reproduce/quick
 """
@@ -164,26 +166,52 @@ def _backend_args(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def search_config(args):
+    """The effective search config of ``evorl-nb evolve``'s arguments: the ``--preset``,
+    then the ``--config`` TOML file's fields, then the flags (each layer overrides the
+    last); validated, so a bad field fails before any training."""
+    from evorl_nb.evolve import ConfigError, get_preset, parse_hurdle
+
+    config = get_preset(args.preset)
+    if args.config is not None:
+        try:
+            text = Path(args.config).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {args.config!r}: "
+                              f"{getattr(e, 'strerror', None) or e}") from None
+        config = type(config).from_toml(text, base=config, source=args.config)
+    changes = {k: getattr(args, k) for k in ("candidates", "space", "population",
+                                             "tournament", "batch") if getattr(args, k) is not None}
+    if args.envs is not None:
+        changes["envs"] = tuple(args.envs)
+    if args.hurdle is not None:
+        changes["hurdle"] = parse_hurdle(args.hurdle)
+    if args.seed_run is not None:
+        from evorl_nb.store import store_path
+
+        changes["seed_run"] = str(store_path(args.seed_run))
+    if args.trainer is not None or args.max_steps is not None:
+        trainer = config.trainer if args.trainer is None else args.trainer
+        trainer = dict(trainer) if isinstance(trainer, dict) else {"preset": trainer}
+        if args.max_steps is not None:
+            trainer["max_steps"] = args.max_steps
+        changes["trainer"] = trainer if len(trainer) > 1 else trainer["preset"]
+    return config.replace(**changes).validate()
+
+
 def _evolve(args) -> int:
-    from evorl_nb.evolve import get_preset
     from evorl_nb.runner import start
 
-    overrides = {}
-    if args.candidates is not None:
-        overrides["candidates"] = args.candidates
-    if args.space is not None:
-        overrides["space"] = args.space
-    if args.seed_run is not None:
-        from evorl_nb.runner import store_path
-
-        overrides["seed_run"] = str(store_path(args.seed_run))
-    if args.batch is not None:
-        if args.batch < 1:
-            raise SystemExit("evorl-nb evolve: --batch must be at least 1")
-        overrides["batch"] = args.batch
-    config = get_preset(args.preset, **overrides)
+    config = search_config(args)
+    if args.print_config:
+        print(config.to_toml(), end="")
+        return 0
+    if args.out is None:
+        raise ValueError("evolve needs --out FOLDER (the run folder to create), or "
+                         "--print-config")
     start(args.out, config, seed=args.seed, backend=args.backend, workers=args.workers,
-          timeout=args.timeout, address=args.address, progress=not args.quiet)
+          timeout=args.timeout, address=args.address, progress=not args.quiet,
+          rescore=None if args.no_rescore else {})
     return 0
 
 
@@ -192,6 +220,17 @@ def _resume(args) -> int:
 
     resume(args.run, backend=args.backend, workers=args.workers, timeout=args.timeout,
            address=args.address, candidates=args.candidates, progress=not args.quiet)
+    return 0
+
+
+def _rescore(args) -> int:
+    from evorl_nb.rescore import rescore
+    from evorl_nb.runner import rescore_lines
+
+    rescore(args.run, top=args.top, seeds=args.seeds, backend=args.backend,
+            workers=args.workers, timeout=args.timeout, address=args.address,
+            progress=not args.quiet)
+    print("\n".join(rescore_lines(args.run, args.top)))
     return 0
 
 
@@ -204,6 +243,9 @@ def _show(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``evorl-nb`` command."""
+    from evorl_nb.dqn import config_names as trainer_names
+    from evorl_nb.evolve import preset_names, preset_summaries
+
     parser = argparse.ArgumentParser(prog="evorl-nb", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("programs", help="list the library programs").set_defaults(func=_programs)
@@ -228,20 +270,39 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.add_argument("--progress", action="store_true", help="show a progress bar per run")
     e.set_defaults(func=_evaluate)
-    v = sub.add_parser("evolve", help="run a search (regularized evolution) into a run folder")
-    v.add_argument("--preset", default="quick", choices=["paper", "quick", "ci"],
-                   help="search preset (default quick)")
-    v.add_argument("--out", required=True, help="run folder to create, e.g. runs/my-search")
+    v = sub.add_parser("evolve", help="run a search (regularized evolution) into a run folder",
+                       description="Run a search. The config is the --preset, then the "
+                       "--config file's fields, then the flags; --print-config shows it.")
+    v.add_argument("--preset", default="quick", choices=preset_names(),
+                   help="search preset (default quick): " + "; ".join(
+                       f"{k}: {d}" for k, d in preset_summaries().items()))
+    v.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="EvolutionConfig fields in TOML over the preset (see --print-config)")
+    v.add_argument("--print-config", action="store_true",
+                   help="print the effective config as TOML (readable by --config) and exit")
+    v.add_argument("--out", default=None, help="run folder to create, e.g. runs/my-search")
     v.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
-    v.add_argument("--candidates", type=int, default=None, help="override the candidate budget")
+    v.add_argument("--candidates", type=int, default=None, help="candidates to record in all")
+    v.add_argument("--population", type=int, default=None, help="population size")
+    v.add_argument("--tournament", type=int, default=None, help="tournament size")
+    v.add_argument("--envs", nargs="+", default=None, metavar="ENV",
+                   help="fitness environments (see `evorl-nb envs`)")
+    v.add_argument("--hurdle", default=None, metavar="ENV:THRESHOLD",
+                   help="hurdle env and normalized score, evaluated first (or none)")
+    v.add_argument("--trainer", default=None, choices=trainer_names(),
+                   help="trainer preset of each candidate's DQN runs")
+    v.add_argument("--max-steps", type=int, default=None,
+                   help="cap on each training run's environment steps")
     v.add_argument("--batch", type=int, default=None,
-                   help="candidates each worker trains at once (population trainer; local "
-                        "workers refill a finished candidate's slot at once); 1 trains them "
-                        "one at a time (default: the preset's)")
+                   help="candidates each worker trains at once (population trainer; a "
+                        "finished candidate's slot gets the next child at once); 1 trains "
+                        "them one at a time (default: the preset's)")
     v.add_argument("--space", default=None, choices=["bootstrap", "scratch"],
                    help="override the search space")
     v.add_argument("--seed-run", default=None,
                    help="start the population from the best programs of this saved run")
+    v.add_argument("--no-rescore", action="store_true",
+                   help="skip re-scoring the top programs on fresh seeds at the end")
     _backend_args(v)
     v.set_defaults(func=_evolve)
     r = sub.add_parser("resume", help="continue a stopped or killed search")
@@ -266,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--no-figures", action="store_true", help="skip the PNG export")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
     x.set_defaults(func=_reproduce)
+    q = sub.add_parser("rescore", help="re-train a run's top programs, DQN and DQNReg on "
+                       "fresh seeds (resumable; stored in the run)")
+    q.add_argument("run", help="run folder (or its run.sqlite)")
+    q.add_argument("--top", type=int, default=20, help="distinct programs (default 20)")
+    q.add_argument("--seeds", type=int, default=5, help="fresh seeds each (default 5)")
+    _backend_args(q)
+    q.set_defaults(func=_rescore)
     w = sub.add_parser("show", help="top programs and rates of a run")
     w.add_argument("run", help="run folder (or its run.sqlite)")
     w.add_argument("--top", type=int, default=10, help="how many programs (default 10)")

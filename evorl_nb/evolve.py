@@ -33,8 +33,16 @@ from evorl_nb.evaluate import HURDLE, TRAINING_ENVS
 from evorl_nb.program import Program
 from evorl_nb.search_space import SearchSpace, get_space, mutate_explained, random_program
 
-__all__ = ["EvolutionConfig", "get_preset", "preset_names", "Evolution", "Proposal", "Outcome",
-           "ProgramEvaluator"]
+__all__ = ["EvolutionConfig", "ConfigError", "get_preset", "preset_names", "trainer_config",
+           "parse_hurdle", "Evolution", "Proposal", "Outcome", "ProgramEvaluator", "DEFAULT_BATCH"]
+
+DEFAULT_BATCH = 64
+"""Candidates a search worker trains at once by default: the width bench/bench_search.py
+measures fastest on a 2-core machine (docs/performance.md, "Search width")."""
+
+
+class ConfigError(ValueError):
+    """A search config (a field, a TOML file, a flag) that cannot be used; names the field."""
 
 
 @dataclass(frozen=True)
@@ -57,17 +65,18 @@ class EvolutionConfig:
     """Environments a candidate is trained on; fitness is the sum of their scores."""
     hurdle: tuple[str, float] | None = HURDLE
     """(env, threshold): evaluated first, below it the other envs are skipped; None for none."""
-    trainer: str = "paper"
-    """Trainer preset (paper, quick, ci) or a dict of DQNConfig fields over "paper"."""
+    trainer: str | dict = "paper"
+    """Trainer preset (paper, quick, ci) or a dict of DQNConfig fields over its "preset"
+    (default "paper"), e.g. ``{"preset": "quick", "max_steps": 30000}``."""
     window: str = "all"
     """Score window: "all" episodes (the paper's) or "last50" (the authors' code)."""
     eval_seed: int = 0
     """Training seed of every candidate (one seed for all, so the cache is consistent)."""
-    batch: int = 8
+    batch: int = DEFAULT_BATCH
     """Candidates a worker trains at once with the population trainer (1: one at a time
     with dqn.train). Local workers use continuous batching: a finished candidate's slot
-    goes to the next one at once. A candidate's score does not depend on its batch (up
-    to float rounding)."""
+    goes to the next one at once, and the evolution proposes a child for it then. A
+    candidate's score does not depend on its batch (up to float rounding)."""
 
     def to_dict(self) -> dict:
         """JSON-ready form (stored with a run)."""
@@ -84,6 +93,118 @@ class EvolutionConfig:
         fixed.setdefault("batch", 1)  # runs saved before batches trained one at a time
         return cls(**fixed)
 
+    def replace(self, **changes: Any) -> "EvolutionConfig":
+        """A copy with ``changes``; unknown field names are a :class:`ConfigError`."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ConfigError(f"unknown evolution config field(s) {unknown}; known: "
+                              f"{', '.join(sorted(names))}")
+        return replace(self, **changes)
+
+    def validate(self) -> "EvolutionConfig":
+        """Check every field (types, ranges, env ids, library names, the trainer) and
+        return ``self``; a :class:`ConfigError` names the first bad field and what is
+        allowed. Runs before any training, so a bad search fails in a second."""
+        from evorl_nb import library
+        from evorl_nb.envs import get_spec
+
+        def need(ok: bool, name: str, allowed: str) -> None:
+            if not ok:
+                raise ConfigError(f"config field {name} = {getattr(self, name)!r}: {allowed}")
+
+        def count(name: str, low: int = 1) -> None:
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= low, name,
+                 f"must be an integer >= {low}")
+
+        count("population")
+        count("tournament")
+        need(self.tournament <= self.population, "tournament",
+             f"must be at most the population ({self.population})")
+        count("candidates")
+        count("batch")
+        count("eval_seed", 0)
+        need(self.space in ("bootstrap", "scratch"), "space", 'must be "bootstrap" or "scratch"')
+        need(isinstance(self.seed_programs, tuple) and len(self.seed_programs) > 0
+             and all(p in library.names() for p in self.seed_programs), "seed_programs",
+             f"must be library program names, from: {', '.join(library.names())}")
+        need(self.seed_run is None or isinstance(self.seed_run, str), "seed_run",
+             "must be a run path or absent")
+        need(self.window in ("all", "last50"), "window", 'must be "all" or "last50"')
+        need(isinstance(self.envs, tuple) and len(self.envs) > 0
+             and all(isinstance(e, str) for e in self.envs), "envs",
+             "must be a non-empty list of environment ids (see `evorl-nb envs`)")
+        ids = []
+        for env in self.envs:
+            try:
+                ids.append(get_spec(env).env_id)
+            except (KeyError, ValueError, ImportError) as e:
+                raise ConfigError(f"config field envs: {e.args[0] if e.args else e}") from None
+        need(len(set(ids)) == len(ids), "envs", "must not name an environment twice")
+        if self.hurdle is not None:
+            h = self.hurdle
+            need(isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str)
+                 and isinstance(h[1], (int, float)) and not isinstance(h[1], bool)
+                 and 0.0 <= h[1] <= 1.0, "hurdle",
+                 "must be (env id, threshold in [0, 1]), written ENV:THRESHOLD, or none")
+            try:
+                hid = get_spec(h[0]).env_id
+            except (KeyError, ValueError, ImportError) as e:
+                raise ConfigError(f"config field hurdle: {e.args[0] if e.args else e}") from None
+            need(hid in ids, "hurdle", f"its env must be one of the envs {list(ids)} (its "
+                 "score counts toward the fitness)")
+        trainer_config(self.trainer)
+        return self
+
+    def to_toml(self) -> str:
+        """The config as TOML that :meth:`from_toml` (and ``evorl-nb evolve --config``)
+        reads back to an equal config."""
+        lines = ["# evorl_nb search config: EvolutionConfig fields (`evorl-nb evolve --config "
+                 "FILE`; flags override)"]
+        trainer = None
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "trainer" and isinstance(v, dict):
+                trainer = v
+                continue
+            if f.name == "hurdle":
+                v = format_hurdle(v)
+            if v is None:  # TOML has no null: an absent key takes the default (None)
+                continue
+            lines.append(f"{f.name} = {_toml_value(v)}")
+        if trainer is not None:
+            lines += ["", "[trainer]  # a trainer preset and DQNConfig fields over it"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in trainer.items() if v is not None]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_toml(cls, text: str, base: "EvolutionConfig | None" = None,
+                  source: str = "config") -> "EvolutionConfig":
+        """Read TOML (as :meth:`to_toml` writes) over ``base`` (default: the defaults);
+        a :class:`ConfigError` names the file and the field for an unknown key or bad value."""
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{source}: not valid TOML: {e}") from None
+        base = base or cls()
+        changes = {}
+        for key, v in data.items():
+            if key == "hurdle":
+                try:
+                    v = parse_hurdle(v)
+                except ConfigError as e:
+                    raise ConfigError(f"{source}: {e}") from None
+            elif isinstance(v, list):
+                v = tuple(v)
+            changes[key] = v
+        try:
+            return base.replace(**changes).validate()
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
     def search_space(self) -> SearchSpace:
         """The search space this config draws from."""
         if self.space == "bootstrap":
@@ -91,32 +212,132 @@ class EvolutionConfig:
         return get_space(self.space)
 
 
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v) if not isinstance(v, float) or math.isfinite(v) else str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise ConfigError(f"cannot write {v!r} as a TOML value")
+
+
+def format_hurdle(hurdle: tuple[str, float] | None) -> str:
+    """``ENV:THRESHOLD`` or ``none``: how the command line and TOML write a hurdle."""
+    return "none" if hurdle is None else f"{hurdle[0]}:{hurdle[1]:g}"
+
+
+def parse_hurdle(value: Any) -> tuple[str, float] | None:
+    """A hurdle from ``ENV:THRESHOLD``, ``none`` or an (env, threshold) pair."""
+    if value is None or isinstance(value, str) and value.strip().lower() == "none":
+        return None
+    if isinstance(value, str):
+        env, sep, threshold = value.rpartition(":")
+        try:
+            if not sep or not env:
+                raise ValueError
+            return (env, float(threshold))
+        except ValueError:
+            raise ConfigError(f"config field hurdle = {value!r}: write ENV:THRESHOLD (e.g. "
+                              "CartPole-v0:0.6) or none") from None
+    if isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str):
+        return (value[0], value[1])
+    raise ConfigError(f"config field hurdle = {value!r}: write ENV:THRESHOLD (e.g. "
+                      "CartPole-v0:0.6) or none")
+
+
+def trainer_config(trainer: Any):
+    """The :class:`evorl_nb.dqn.DQNConfig` a search's ``trainer`` setting names: a trainer
+    preset name, or a dict of DQNConfig fields over ``preset`` (default "paper")."""
+    from evorl_nb.dqn import DQNConfig, config_names, get_config
+
+    if isinstance(trainer, str):
+        if trainer not in config_names():
+            raise ConfigError(f"config field trainer = {trainer!r}: a trainer preset, one of "
+                              f"{', '.join(config_names())}, or a table of DQNConfig fields")
+        return get_config(trainer)
+    if not isinstance(trainer, dict):
+        raise ConfigError(f"config field trainer = {trainer!r}: a trainer preset name or a "
+                          "table of DQNConfig fields")
+    extra = dict(trainer)
+    name = extra.pop("preset", "paper")
+    if name not in config_names():
+        raise ConfigError(f"config field trainer.preset = {name!r}: one of "
+                          f"{', '.join(config_names())}")
+    known = {f.name: f for f in fields(DQNConfig)}
+    for key, v in extra.items():
+        if key not in known:
+            raise ConfigError(f"config field trainer.{key}: not a DQNConfig field; known: "
+                              f"preset, {', '.join(known)}")
+        default = getattr(DQNConfig(), key)
+        kind = type(default) if default is not None else (int if key != "device" else str)
+        ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+              if kind in (int, float) else isinstance(v, kind) if kind is not tuple
+              else isinstance(v, (list, tuple)) and all(isinstance(x, int) and x > 0 for x in v))
+        if kind is int and ok:
+            ok = float(v).is_integer()
+        if not ok and not (v is None and key in ("eps_decay_steps", "max_eps_decay_steps",
+                                                 "budget_episodes", "budget_steps", "max_steps")):
+            raise ConfigError(f"config field trainer.{key} = {v!r}: must be "
+                              f"{'a list of positive integers' if kind is tuple else 'a non-negative ' + kind.__name__}")
+        if kind is tuple:
+            extra[key] = tuple(v)
+        elif kind is int and v is not None:
+            extra[key] = int(v)
+    return get_config(name, **extra)
+
+
 _PRESETS = {
-    # the paper's search (facts.md §2): ~20,000 candidates, population 300, tournament 25,
-    # CartPole hurdle + three MiniGrid envs at the paper's budgets
-    "paper": EvolutionConfig(),
-    # a laptop (about 7 minutes on 2 cores): bootstrapped from DQN, population 25,
+    # name: (config, one-line summary for --help)
+    "paper": (EvolutionConfig(),
+              "the paper's search: 20,000 candidates, population 300, CartPole hurdle + three "
+              "MiniGrid envs at the paper's budgets (weeks on a laptop)"),
+    # a laptop (about a minute on 2 cores): bootstrapped from DQN, population 25,
     # tournament 5, 600 candidates, scored on CartPole-v0 alone (no hurdle needed) with
     # the quick trainer capped at 15,000 steps
-    "quick": EvolutionConfig(population=25, tournament=5, candidates=600,
-                             envs=("CartPole-v0",), hurdle=None,
-                             trainer={"preset": "quick", "max_steps": 15_000}),
+    "quick": (EvolutionConfig(population=25, tournament=5, candidates=600,
+                              envs=("CartPole-v0",), hurdle=None,
+                              trainer={"preset": "quick", "max_steps": 15_000}),
+              "600 candidates from DQN on CartPole-v0 alone (minutes)"),
+    # the paper's bootstrapped search that found DQNReg (facts.md §3), sized for this
+    # machine: see DQNREG_NOTE
+    "dqnreg": (EvolutionConfig(population=100, tournament=8, candidates=3_000,
+                               envs=TRAINING_ENVS, hurdle=("CartPole-v0", 0.6),
+                               trainer={"preset": "quick", "max_steps": 30_000}),
+               "the paper's DQNReg search from DQN: CartPole hurdle + KeyCorridorS3R1, "
+               "Dynamic-Obstacles-6x6, DoorKey-5x5 at 30k steps (~90 min on 2 cores)"),
+    # the paper's from-scratch search (random initial programs; CartPole hurdle then
+    # LunarLander), sized the same way
+    "scratch": (EvolutionConfig(population=100, tournament=8, candidates=3_000,
+                                space="scratch", envs=("CartPole-v0", "LunarLander-v3"),
+                                hurdle=("CartPole-v0", 0.6),
+                                trainer={"preset": "quick", "max_steps": 30_000}),
+                "the paper's from-scratch search: random programs, CartPole hurdle + "
+                "LunarLander at 30k steps (~90 min on 2 cores)"),
     # seconds: the whole loop on the ci trainer
-    "ci": EvolutionConfig(population=6, tournament=3, candidates=16, envs=("CartPole-v0",),
-                          hurdle=None, trainer="ci", batch=4),
+    "ci": (EvolutionConfig(population=6, tournament=3, candidates=16, envs=("CartPole-v0",),
+                           hurdle=None, trainer="ci", batch=4),
+           "16 candidates on the ci trainer (seconds; a smoke test)"),
 }
 
 
 def preset_names() -> list[str]:
-    """Names of the evolution presets: paper, quick, ci."""
+    """Names of the evolution presets: paper, quick, dqnreg, scratch, ci."""
     return list(_PRESETS)
+
+
+def preset_summaries() -> dict[str, str]:
+    """Each evolution preset's one-line summary (what it searches, roughly how long)."""
+    return {name: summary for name, (_, summary) in _PRESETS.items()}
 
 
 def get_preset(name: str, **overrides: Any) -> EvolutionConfig:
     """An evolution preset by name, with fields overridden by keyword."""
     if name not in _PRESETS:
         raise KeyError(f"unknown evolution preset {name!r}; known: {', '.join(_PRESETS)}")
-    return replace(_PRESETS[name], **overrides)
+    return _PRESETS[name][0].replace(**overrides)
 
 
 @dataclass
@@ -155,12 +376,7 @@ class ProgramEvaluator:
 
     def trainer_config(self):
         """The DQNConfig of the ``trainer`` setting."""
-        from evorl_nb.dqn import get_config
-
-        if isinstance(self.trainer, dict):
-            extra = dict(self.trainer)
-            return get_config(extra.pop("preset", "paper"), **extra)
-        return get_config(self.trainer)
+        return trainer_config(self.trainer)
 
     def __call__(self, program: Program, seed: int) -> Outcome:
         """Train on the envs (hurdle first) and summarize."""

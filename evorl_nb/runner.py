@@ -22,41 +22,58 @@ from typing import Callable
 
 from evorl_nb.backends import make_backend
 from evorl_nb.evolve import Evolution, EvolutionConfig, Outcome, ProgramEvaluator, Proposal, get_preset
-from evorl_nb.store import CandidateRecord, RunStore
+from evorl_nb.store import STORE_NAME, CandidateRecord, RunStore, store_path
 
-__all__ = ["start", "resume", "drive", "store_path", "summary"]
-
-STORE_NAME = "run.sqlite"
-
-
-def store_path(out: str | Path) -> Path:
-    """The store file of a run folder (or the file itself if ``out`` is one)."""
-    out = Path(out)
-    return out if out.suffix == ".sqlite" else out / STORE_NAME
+__all__ = ["start", "resume", "drive", "store_path", "summary", "STORE_NAME"]
 
 
 def start(out: str | Path, config: EvolutionConfig | str = "quick", *, seed: int = 0,
           backend: str = "inprocess", workers: int | None = None, timeout: float | None = None,
           address: str | None = None, evaluator: Callable | None = None, progress: bool = True,
-          verbose: bool = True) -> Path:
-    """Start a new search in folder ``out`` and run it to its budget; returns the store path."""
+          verbose: bool = True, rescore: dict | None = None) -> Path:
+    """Start a new search in folder ``out`` and run it to its budget; returns the store path.
+
+    ``rescore``: a dict of :func:`evorl_nb.rescore.rescore` options (``{}`` for its
+    defaults) to re-score the winners on fresh seeds once the budget is spent; None skips
+    it (the command line re-scores unless ``--no-rescore``)."""
     config = get_preset(config) if isinstance(config, str) else config
+    config.validate()
     path = store_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     store = RunStore.create(path, config=config.to_dict(), seed=seed)
+    if rescore is not None:
+        store.set_meta("rescore_at_end", dict(rescore))
     try:
         drive(store, Evolution(config, seed), backend, workers=workers, timeout=timeout,
-              address=address, evaluator=evaluator, progress=progress, verbose=verbose)
+              address=address, evaluator=evaluator, progress=progress, verbose=False)
     finally:
         store.close()
+    _finish(path, backend, workers, timeout, address, progress, verbose)
     return path
+
+
+def _finish(path: Path, backend: str, workers, timeout, address, progress: bool,
+            verbose: bool) -> None:
+    """After the search: re-score if the run asks for it and its budget is spent; summary."""
+    from evorl_nb.store import load_run
+
+    meta = load_run(path).meta
+    opts = meta.get("rescore_at_end")
+    if meta.get("finished") and opts is not None:
+        from evorl_nb.rescore import rescore
+
+        rescore(path, backend=backend, workers=workers, timeout=timeout, address=address,
+                progress=progress, **opts)
+    if verbose:
+        print(summary(path))
 
 
 def resume(out: str | Path, *, backend: str = "inprocess", workers: int | None = None,
            timeout: float | None = None, address: str | None = None,
            evaluator: Callable | None = None, candidates: int | None = None,
            progress: bool = True, verbose: bool = True) -> Path:
-    """Continue a stopped or killed search from its store (optionally with a larger budget)."""
+    """Continue a stopped or killed search from its store (optionally with a larger budget),
+    with the config it stored; then the re-scoring it asked for, if not yet complete."""
     path = store_path(out)
     store = RunStore.open(path)
     try:
@@ -70,9 +87,10 @@ def resume(out: str | Path, *, backend: str = "inprocess", workers: int | None =
         evo = Evolution(config, store.seed)
         evo.replay(store.candidates())
         drive(store, evo, backend, workers=workers, timeout=timeout, address=address,
-              evaluator=evaluator, progress=progress, verbose=verbose)
+              evaluator=evaluator, progress=progress, verbose=False)
     finally:
         store.close()
+    _finish(path, backend, workers, timeout, address, progress, verbose)
     return path
 
 
@@ -185,4 +203,38 @@ def summary(path: str | Path, k: int = 5) -> str:
         eq = Program.from_json(row["program"]).equation()
         lines.append(f"{rank:>4} {int(row['id']):>6} {row['fitness']:>8.3f} "
                      f"{seen[row['fingerprint']]:>5}  {eq}")
+    if not data.rescores.empty:
+        lines += ["", *rescore_lines(path, k)]
     return "\n".join(lines)
+
+
+def rescore_lines(path: str | Path, k: int = 5) -> list[str]:
+    """The re-scored ranking as text: mean fitness over fresh seeds with its 95% interval,
+    the paired difference to DQN, and a ``*`` where a program beats DQN outside the noise."""
+    from evorl_nb.rescore import ranking
+
+    table = ranking(path)
+    if table.empty:
+        return []
+    seeds = int(table["seeds"].max())
+    lines = [f"re-scored on {seeds} fresh seeds (fitness summed over the envs; mean ± 95% CI; "
+             "* = beats DQN outside the noise)",
+             f"{'rank':>4} {'entry':>12} {'mean':>7} {'± ci95':>7} {'vs DQN':>15} {'search':>7}"
+             "  equation (simplified)"]
+    shown = table[~table["entry"].str.startswith("lib:")].head(k)
+    refs = table[table["entry"].str.startswith("lib:")]
+    for _, r in _by_rank(shown, refs).iterrows():
+        vs = ("" if r["entry"] == "lib:dqn" or r["vs_dqn"] != r["vs_dqn"]
+              else f"{r['vs_dqn']:+.3f} ± {r['vs_dqn_ci95']:.3f}")
+        search = "" if r["fitness"] != r["fitness"] else f"{r['fitness']:.3f}"
+        mark = "*" if r["beats_dqn"] else " "
+        lines.append(f"{int(r['rank']):>4} {r['entry']:>12} {r['mean']:>7.3f} "
+                     f"{r['ci95']:>7.3f} {vs:>15}{mark}{search:>7}  {r['equation']}")
+    return lines
+
+
+def _by_rank(*frames):
+    """Rows of several DataFrames, one after another, in rank order."""
+    import pandas as pd
+
+    return pd.concat(frames).sort_values("rank")

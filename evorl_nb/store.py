@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RunStore", "CandidateRecord", "StoreError", "load_run", "RunData", "FORMAT",
+           "RESCORE_COLUMNS", "STORE_NAME", "store_path",
            "FORMAT_VERSION", "STATUSES", "EVALUATED"]
 
 FORMAT = "evorl_nb.run"
@@ -49,9 +50,30 @@ CREATE TABLE candidates (
     worker TEXT, proposed_at REAL, finished_at REAL);
 CREATE INDEX candidates_fingerprint ON candidates (fingerprint);
 """
+_RESCORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rescores (
+    entry TEXT NOT NULL, candidate_id INTEGER, program TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    env TEXT NOT NULL, seed INTEGER NOT NULL, score REAL NOT NULL, failed INTEGER NOT NULL,
+    reason TEXT, steps INTEGER, wall_time REAL, PRIMARY KEY (entry, env, seed))
+"""
+RESCORE_COLUMNS = ("entry", "candidate_id", "program", "fingerprint", "env", "seed", "score",
+                   "failed", "reason", "steps", "wall_time")
+"""Columns of the ``rescores`` table: one training run of a re-scored program (``entry``:
+``"id:N"`` for candidate N of the run, ``"lib:NAME"`` for a library reference) on one
+environment with one fresh seed; written by :mod:`evorl_nb.rescore`."""
 _COLUMNS = ("id", "proposal", "parent_id", "program", "fingerprint", "status", "reason",
             "scores", "fitness", "steps", "wall_time", "mutation", "worker", "proposed_at",
             "finished_at")
+
+
+STORE_NAME = "run.sqlite"
+"""The store file's name inside a run folder."""
+
+
+def store_path(out: str | Path) -> Path:
+    """The store file of a run folder (or the file itself if ``out`` is one)."""
+    out = Path(out)
+    return out if out.suffix == ".sqlite" else out / STORE_NAME
 
 
 class StoreError(RuntimeError):
@@ -354,6 +376,28 @@ class RunStore:
                           "(?, ?) ORDER BY id DESC", EVALUATED)
         return {fp: math.nan if f is None else f for fp, f in rows}
 
+    # --- re-scores -----------------------------------------------------------------------
+    def add_rescores(self, rows: list[dict]) -> None:
+        """Record training runs of re-scored programs (dicts with :data:`RESCORE_COLUMNS`)
+        in one transaction; a row already there (same entry, env, seed) is replaced."""
+        values = [tuple(r.get(c) for c in RESCORE_COLUMNS) for r in rows]
+
+        def insert(conn):
+            conn.execute(_RESCORE_SCHEMA)
+            conn.executemany(f"INSERT OR REPLACE INTO rescores ({', '.join(RESCORE_COLUMNS)}) "
+                             f"VALUES ({', '.join('?' * len(RESCORE_COLUMNS))})", values)
+
+        self._write(insert)
+
+    def rescores(self) -> list[dict]:
+        """Every recorded re-scoring run (see :data:`RESCORE_COLUMNS`); [] if none."""
+        if not self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                          "name = 'rescores'"):
+            return []
+        rows = self._read(f"SELECT {', '.join(RESCORE_COLUMNS)} FROM rescores "
+                          "ORDER BY entry, env, seed")
+        return [dict(zip(RESCORE_COLUMNS, r)) for r in rows]
+
     # --- run-level state ---------------------------------------------------------------
     def set_meta(self, key: str, value: Any) -> None:
         """Store small run-level state ``value`` (JSON-able) under ``key`` (e.g. "finished")."""
@@ -408,6 +452,9 @@ class RunData:
     """pandas DataFrame, one row per candidate in id order; ``score:<env_id>`` columns."""
     meta: dict = field(default_factory=dict)
     """Run-level state set with :meth:`RunStore.set_meta` (e.g. ``{"finished": True}``)."""
+    rescores: Any = None
+    """pandas DataFrame of re-scoring runs (:data:`RESCORE_COLUMNS`; empty if none); see
+    :func:`evorl_nb.rescore.ranking` for the table ranked by re-scored mean."""
 
     def best(self, k: int = 10, distinct: bool = False):
         """Top ``k`` candidates by fitness (ties: lower id first), leaving out failed ones
@@ -448,5 +495,7 @@ def load_run(path: str | Path) -> RunData:
             data[f"score:{env}"] = pd.Series([r.scores.get(env, math.nan) for r in recs],
                                              dtype="float64")
         df = pd.DataFrame(data)
+        rescores = pd.DataFrame(store.rescores(), columns=list(RESCORE_COLUMNS))
         return RunData(path=Path(path), config=store.config, seed=store.seed,
-                       created_at=store.created_at, candidates=df, meta=meta)
+                       created_at=store.created_at, candidates=df, meta=meta,
+                       rescores=rescores)

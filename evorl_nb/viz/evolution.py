@@ -22,7 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from evorl_nb.program import Program
-from evorl_nb.runner import store_path
+from evorl_nb.store import store_path
 from evorl_nb.store import RunData, load_run
 
 __all__ = ["fitness_figure", "rates_figure", "lineage", "lineage_figure", "EvolutionDashboard"]

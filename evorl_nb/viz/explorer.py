@@ -567,7 +567,7 @@ def _programs(programs: Any) -> dict[str, Program]:
 
 def _run_programs(run: Any, top: int) -> dict[str, Program]:
     """The ``top`` distinct best programs of a run, named ``evolved #id (fitness f)``."""
-    from evorl_nb.runner import store_path
+    from evorl_nb.store import store_path
     from evorl_nb.store import RunData, load_run
 
     data: RunData = run if isinstance(run, RunData) else load_run(store_path(run))
