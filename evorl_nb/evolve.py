@@ -199,6 +199,8 @@ class EvolutionConfig:
                     raise ConfigError(f"{source}: {e}") from None
             elif isinstance(v, list):
                 v = tuple(v)
+            elif key == "trainer" and isinstance(v, dict):
+                v = {k: tuple(x) if isinstance(x, list) else x for k, x in v.items()}
             changes[key] = v
         try:
             return base.replace(**changes).validate()
