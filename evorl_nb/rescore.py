@@ -22,7 +22,8 @@ fitness with a 95% confidence interval, and marks those that beat DQN outside th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

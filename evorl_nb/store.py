@@ -396,7 +396,7 @@ class RunStore:
             return []
         rows = self._read(f"SELECT {', '.join(RESCORE_COLUMNS)} FROM rescores "
                           "ORDER BY entry, env, seed")
-        return [dict(zip(RESCORE_COLUMNS, r)) for r in rows]
+        return [dict(zip(RESCORE_COLUMNS, r, strict=True)) for r in rows]
 
     # --- run-level state ---------------------------------------------------------------
     def set_meta(self, key: str, value: Any) -> None:
