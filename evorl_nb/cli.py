@@ -227,10 +227,10 @@ def _rescore(args) -> int:
     from evorl_nb.rescore import rescore
     from evorl_nb.runner import rescore_lines
 
-    rescore(args.run, top=args.top, seeds=args.seeds, backend=args.backend,
-            workers=args.workers, timeout=args.timeout, address=args.address,
-            progress=not args.quiet)
-    print("\n".join(rescore_lines(args.run, args.top)))
+    table = rescore(args.run, top=args.top, seeds=args.seeds, backend=args.backend,
+                    workers=args.workers, timeout=args.timeout, address=args.address,
+                    progress=not args.quiet)
+    print("\n".join(rescore_lines(table, args.top)))
     return 0
 
 

@@ -135,12 +135,13 @@ class EvolutionConfig:
         need(isinstance(self.envs, tuple) and len(self.envs) > 0
              and all(isinstance(e, str) for e in self.envs), "envs",
              "must be a non-empty list of environment ids (see `evorl-nb envs`)")
-        ids = []
-        for env in self.envs:
+        def env_id(name: str, env: str) -> str:
             try:
-                ids.append(get_spec(env).env_id)
+                return get_spec(env).env_id
             except (KeyError, ValueError, ImportError) as e:
-                raise ConfigError(f"config field envs: {e.args[0] if e.args else e}") from None
+                raise ConfigError(f"config field {name}: {e.args[0] if e.args else e}") from None
+
+        ids = [env_id("envs", env) for env in self.envs]
         need(len(set(ids)) == len(ids), "envs", "must not name an environment twice")
         if self.hurdle is not None:
             h = self.hurdle
@@ -148,11 +149,7 @@ class EvolutionConfig:
                  and isinstance(h[1], (int, float)) and not isinstance(h[1], bool)
                  and 0.0 <= h[1] <= 1.0, "hurdle",
                  "must be (env id, threshold in [0, 1]), written ENV:THRESHOLD, or none")
-            try:
-                hid = get_spec(h[0]).env_id
-            except (KeyError, ValueError, ImportError) as e:
-                raise ConfigError(f"config field hurdle: {e.args[0] if e.args else e}") from None
-            need(hid in ids, "hurdle", f"its env must be one of the envs {list(ids)} (its "
+            need(env_id("hurdle", h[0]) in ids, "hurdle", f"its env must be one of the envs {list(ids)} (its "
                  "score counts toward the fitness)")
         trainer_config(self.trainer)
         return self
@@ -268,25 +265,30 @@ def trainer_config(trainer: Any):
     if name not in config_names():
         raise ConfigError(f"config field trainer.preset = {name!r}: one of "
                           f"{', '.join(config_names())}")
-    known = {f.name: f for f in fields(DQNConfig)}
+    defaults = DQNConfig()
+    known = [f.name for f in fields(DQNConfig)]
     for key, v in extra.items():
         if key not in known:
             raise ConfigError(f"config field trainer.{key}: not a DQNConfig field; known: "
                               f"preset, {', '.join(known)}")
-        default = getattr(DQNConfig(), key)
-        kind = type(default) if default is not None else (int if key != "device" else str)
-        ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-              if kind in (int, float) else isinstance(v, kind) if kind is not tuple
-              else isinstance(v, (list, tuple)) and all(isinstance(x, int) and x > 0 for x in v))
-        if kind is int and ok:
-            ok = float(v).is_integer()
-        if not ok and not (v is None and key in ("eps_decay_steps", "max_eps_decay_steps",
-                                                 "budget_episodes", "budget_steps", "max_steps")):
-            raise ConfigError(f"config field trainer.{key} = {v!r}: must be "
-                              f"{'a list of positive integers' if kind is tuple else 'a non-negative ' + kind.__name__}")
+        default = getattr(defaults, key)
+        if v is None and default is None:  # the optional step counts: None means unset
+            continue
+        kind = int if default is None else type(default)
+        if kind is tuple:
+            ok = isinstance(v, (list, tuple)) and all(isinstance(x, int) and x > 0 for x in v)
+            allowed = "a list of positive integers"
+        elif kind in (int, float):
+            ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                  and (kind is float or float(v).is_integer()))
+            allowed = f"a non-negative {kind.__name__}"
+        else:
+            ok, allowed = isinstance(v, kind), f"a {kind.__name__}"
+        if not ok:
+            raise ConfigError(f"config field trainer.{key} = {v!r}: must be {allowed}")
         if kind is tuple:
             extra[key] = tuple(v)
-        elif kind is int and v is not None:
+        elif kind is int:
             extra[key] = int(v)
     return get_config(name, **extra)
 
@@ -309,7 +311,8 @@ _PRESETS = {
                                envs=TRAINING_ENVS, hurdle=("CartPole-v0", 0.6),
                                trainer={"preset": "quick", "max_steps": 30_000}),
                "the paper's DQNReg search from DQN: CartPole hurdle + KeyCorridorS3R1, "
-               "Dynamic-Obstacles-6x6, DoorKey-5x5 at 30k steps (sizing to <= 90 min on 2 cores not yet measured)"),
+               "Dynamic-Obstacles-6x6, DoorKey-5x5 at 30k steps (sizing to <= 90 min on 2 "
+               "cores not yet measured)"),
     # the paper's from-scratch search (random initial programs; CartPole hurdle then
     # LunarLander), sized the same way
     "scratch": (EvolutionConfig(population=100, tournament=8, candidates=3_000,

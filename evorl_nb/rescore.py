@@ -21,13 +21,14 @@ fitness with a 95% confidence interval, and marks those that beat DQN outside th
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from evorl_nb import library
+from evorl_nb.envs import get_spec
 from evorl_nb.evolve import EvolutionConfig, ProgramEvaluator
 from evorl_nb.program import Program
 from evorl_nb.stats import ci95, paired_ci95
@@ -77,7 +78,7 @@ def rescore(run: str | Path, *, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SEE
         if first_seed <= config.eval_seed < first_seed + seeds:
             raise ValueError(f"rescore: seeds {first_seed}..{first_seed + seeds - 1} include "
                              f"the search's eval_seed {config.eval_seed}; pick another first_seed")
-        envs = tuple(config.envs)
+        envs = tuple(get_spec(e).env_id for e in config.envs)  # the ids scores are keyed by
         evaluator = ProgramEvaluator(envs, None, config.trainer, config.window)
         entries = _entries(store, top, references)
         store.set_meta("rescore", {"top": top, "seeds": seeds, "first_seed": first_seed,
@@ -85,7 +86,7 @@ def rescore(run: str | Path, *, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SEE
         done: dict[tuple[str, int], set[str]] = {}
         for r in store.rescores():
             done.setdefault((r["entry"], r["seed"]), set()).add(r["env"])
-        have = {k for k, got in done.items() if got >= set(_ids(envs))}
+        have = {k for k, got in done.items() if got >= set(envs)}
         todo = [(e, s) for s in range(first_seed, first_seed + seeds) for e in entries
                 if (e["entry"], s) not in have]
         if todo:
@@ -94,12 +95,6 @@ def rescore(run: str | Path, *, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SEE
     finally:
         store.close()
     return ranking(path)
-
-
-def _ids(envs: Sequence[str]) -> list[str]:
-    from evorl_nb.envs import get_spec
-
-    return [get_spec(e).env_id for e in envs]
 
 
 def _train(store: RunStore, todo: list[tuple[dict, int]], evaluator, slots: int,
@@ -124,12 +119,12 @@ def _train(store: RunStore, todo: list[tuple[dict, int]], evaluator, slots: int,
                 keys = [k for k in queue if pending[k][1] == seed][:room]
                 be.submit(keys, evaluator, [Program.from_json(pending[k][0]["program"])
                                             for k in keys], seed)
-                queue = [k for k in queue if k not in keys]
+                taken = set(keys)
+                queue = [k for k in queue if k not in taken]
             for key, out in be.wait():
                 entry, seed = pending.pop(key)
                 rows = []
-                for env in evaluator.envs:
-                    env_id = _ids([env])[0]
+                for env_id in evaluator.envs:
                     score = out.scores.get(env_id)
                     rows.append({**entry, "env": env_id, "seed": seed,
                                  "score": float(score if score is not None else 0.0),

@@ -55,11 +55,9 @@ def start(out: str | Path, config: EvolutionConfig | str = "quick", *, seed: int
 def _finish(path: Path, backend: str, workers, timeout, address, progress: bool,
             verbose: bool) -> None:
     """After the search: re-score if the run asks for it and its budget is spent; summary."""
-    from evorl_nb.store import load_run
-
-    meta = load_run(path).meta
-    opts = meta.get("rescore_at_end")
-    if meta.get("finished") and opts is not None:
+    with RunStore.open(path, readonly=True) as store:
+        finished, opts = store.get_meta("finished"), store.get_meta("rescore_at_end")
+    if finished and opts is not None:
         from evorl_nb.rescore import rescore
 
         rescore(path, backend=backend, workers=workers, timeout=timeout, address=address,
@@ -204,16 +202,16 @@ def summary(path: str | Path, k: int = 5) -> str:
         lines.append(f"{rank:>4} {int(row['id']):>6} {row['fitness']:>8.3f} "
                      f"{seen[row['fingerprint']]:>5}  {eq}")
     if not data.rescores.empty:
-        lines += ["", *rescore_lines(path, k)]
+        from evorl_nb.rescore import ranking
+
+        lines += ["", *rescore_lines(ranking(path), k)]
     return "\n".join(lines)
 
 
-def rescore_lines(path: str | Path, k: int = 5) -> list[str]:
-    """The re-scored ranking as text: mean fitness over fresh seeds with its 95% interval,
-    the paired difference to DQN, and a ``*`` where a program beats DQN outside the noise."""
-    from evorl_nb.rescore import ranking
-
-    table = ranking(path)
+def rescore_lines(table, k: int = 5) -> list[str]:
+    """A re-scored ranking (:func:`evorl_nb.rescore.ranking`) as text: the top ``k``
+    programs and the references, mean fitness over fresh seeds with its 95% interval, the
+    paired difference to DQN, and a ``*`` where a program beats DQN outside the noise."""
     if table.empty:
         return []
     seeds = int(table["seeds"].max())
@@ -221,9 +219,9 @@ def rescore_lines(path: str | Path, k: int = 5) -> list[str]:
              "* = beats DQN outside the noise)",
              f"{'rank':>4} {'entry':>12} {'mean':>7} {'± ci95':>7} {'vs DQN':>15} {'search':>7}"
              "  equation (simplified)"]
-    shown = table[~table["entry"].str.startswith("lib:")].head(k)
-    refs = table[table["entry"].str.startswith("lib:")]
-    for _, r in _by_rank(shown, refs).iterrows():
+    ref = table["entry"].str.startswith("lib:")
+    shown = ref | table.index.isin(table[~ref].head(k).index)  # keeps the rank order
+    for _, r in table[shown].iterrows():
         vs = ("" if r["entry"] == "lib:dqn" or r["vs_dqn"] != r["vs_dqn"]
               else f"{r['vs_dqn']:+.3f} ± {r['vs_dqn_ci95']:.3f}")
         search = "" if r["fitness"] != r["fitness"] else f"{r['fitness']:.3f}"
@@ -232,9 +230,3 @@ def rescore_lines(path: str | Path, k: int = 5) -> list[str]:
                      f"{r['ci95']:>7.3f} {vs:>15}{mark}{search:>7}  {r['equation']}")
     return lines
 
-
-def _by_rank(*frames):
-    """Rows of several DataFrames, one after another, in rank order."""
-    import pandas as pd
-
-    return pd.concat(frames).sort_values("rank")
