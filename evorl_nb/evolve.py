@@ -180,7 +180,10 @@ class EvolutionConfig:
                   source: str = "config") -> "EvolutionConfig":
         """Read TOML (as :meth:`to_toml` writes) over ``base`` (default: the defaults);
         a :class:`ConfigError` names the file and the field for an unknown key or bad value."""
-        import tomllib
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
 
         try:
             data = tomllib.loads(text)
