@@ -70,22 +70,30 @@ Signature = tuple[tuple[Type, ...], Type]
 class Op:
     """One row of the op table.
 
-    ``torch`` takes the input tensors (or, for a source op with no inputs, a
-    :class:`SourceContext`) and returns a tensor; ``sympy`` does the same on
-    sympy expressions; a ``typed`` op's functions also get ``types=``, its
-    input types. ``signatures`` lists every accepted tuple of input types
-    with the output type; no input tuple matches two signatures.
+    ``code`` is the op's PyTorch meaning as one line of source over ``{x}`` and ``{y}``
+    (a source op's over ``{like}``, ``{value}`` and ``{generator}``); a ``typed`` op's
+    ``reduced`` line is used where it reduces the inputs' trailing axes to an R.
+    ``torch`` is that source compiled: it takes the input tensors (a source op a
+    :class:`SourceContext`; a typed op also ``types=``, its input types) and returns a
+    tensor. ``sympy`` does the same on sympy expressions. ``signatures`` lists every
+    accepted tuple of input types with the output type; no input tuple matches two.
     """
 
     name: str
     signatures: tuple[Signature, ...]
-    torch: Callable[..., Any] = field(repr=False)
+    code: str = field(repr=False)
     sympy: Callable[..., Any] = field(repr=False)
     label: str
     commutative: bool = False
     random: bool = False
     typed: bool = False
+    reduced: str | None = field(default=None, repr=False)
+    broadcast: bool = False
     doc: str = ""
+    torch: Callable[..., Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "torch", _compile(self))
 
     @property
     def arity(self) -> int:
@@ -98,6 +106,13 @@ class Op:
             if len(ins) == len(input_types) and all(t.fits(s) for t, s in zip(input_types, ins)):
                 return out
         return None
+
+    def source(self, input_types: tuple[Type, ...] = ()) -> str:
+        """The source line for these input types: ``reduced`` where a typed op sums its
+        inputs' trailing axes into an R, else ``code``."""
+        if self.reduced and input_types[0] is not R and self.output_type(input_types) is R:
+            return self.reduced
+        return self.code
 
 
 @dataclass(frozen=True)
@@ -131,7 +146,13 @@ def _broadcast() -> tuple[Signature, ...]:
     return _same() + tuple(mixed)
 
 
-# --- torch helpers -----------------------------------------------------------
+# --- torch source ----------------------------------------------------------
+#
+# An op's PyTorch meaning is one line of source over its inputs ``{x}`` and ``{y}`` (and,
+# for a source op, ``{like}`` (a [B] tensor giving shape, dtype and device), ``{value}`` and
+# ``{generator}``). The table compiles it into ``Op.torch``; ``evorl_nb.export`` writes
+# the same line into a standalone loss file. Ops marked ``broadcast`` first pad the
+# lower-rank input on the right, as the authors' code does (an R against a List[R] or V).
 
 
 def _bc(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,127 +164,105 @@ def _bc(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _elementwise(fn):
-    def run(x, y):
-        x, y = _bc(x, y)
-        return fn(x, y)
-
-    return run
-
-
-def _sum_last(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(1).sum(-1) if x.dim() > 1 else x
-
-
-def _dot(x, y, types):
-    return _sum_last(x * y) if types[0] in (V, S) else x * y
-
-
-def _batch_mean(x):
-    return x.mean(0, keepdim=True).expand_as(x)
-
-
-def _batch_std(x):
-    return x.std(0, unbiased=False, keepdim=True).expand_as(x)
-
-
-def _select(x, z):
-    return x.gather(-1, z.long().unsqueeze(-1)).squeeze(-1)
-
-
-def _kl(p, q):
-    return (p * (torch.log(p + EPS_PROB) - torch.log(q + EPS_PROB))).sum(-1)
-
-
-def _entropy(p):
-    return -(p * torch.log(p + EPS_PROB)).sum(-1)
-
-
-def _const(ctx: SourceContext):
-    return torch.full((ctx.batch_size,), float(ctx.value), dtype=ctx.like.dtype, device=ctx.like.device)
-
-
-def _normal(ctx: SourceContext):
-    return torch.randn(ctx.batch_size, generator=ctx.generator, dtype=ctx.like.dtype,
-                       device=ctx.like.device)
-
-
-def _uniform(ctx: SourceContext):
-    return torch.rand(ctx.batch_size, generator=ctx.generator, dtype=ctx.like.dtype,
-                      device=ctx.like.device)
+def _compile(op: Op) -> Callable[..., Any]:
+    """``Op.torch``: the op's source line(s) compiled into a function."""
+    if op.arity == 0:
+        body = op.code.format(like="like", value="value", generator="generator")
+        text = (f"def {op.name}(ctx):\n    like, value, generator = ctx.like, ctx.value, "
+                f"ctx.generator\n    return {body}\n")
+    else:
+        names = ("x", "y")[:op.arity]
+        fill = dict(zip(names, names))
+        text = f"def {op.name}({', '.join(names)}" + (", types" if op.typed else "") + "):\n"
+        if op.broadcast:
+            text += "    x, y = _bc(x, y)\n"
+        if op.typed and op.reduced:
+            text += (f"    if op.source(types) is op.reduced:\n"
+                     f"        return {op.reduced.format(**fill)}\n")
+        text += f"    return {op.code.format(**fill)}\n"
+    scope = {"torch": torch, "_bc": _bc, "op": op}
+    exec(compile(text, f"<op {op.name}>", "exec"), scope)  # noqa: S102 - the table's own source
+    return scope[op.name]
 
 
 # --- the table ---------------------------------------------------------------
 
-_VEC = (V, S)  # types reduced over their trailing axis by DotProduct / L2Distance
+_VEC = (V, S)  # types DotProduct sums over their trailing axes
+_SUM_TRAILING = ".flatten(1).sum(-1)"
 
 
 def _rows() -> list[Op]:
     s = sym
     return [
-        Op("Add", _broadcast(), _elementwise(torch.add), lambda x, y: x + y, "+",
-           commutative=True, doc="x + y"),
-        Op("Subtract", _broadcast(), _elementwise(torch.sub), lambda x, y: x - y, "-",
+        Op("Add", _broadcast(), "{x} + {y}", lambda x, y: x + y, "+", commutative=True,
+           broadcast=True, doc="x + y"),
+        Op("Subtract", _broadcast(), "{x} - {y}", lambda x, y: x - y, "-", broadcast=True,
            doc="x - y"),
-        Op("Max", _same(), _elementwise(torch.maximum), s.smax, "max", commutative=True,
+        Op("Max", _same(), "torch.maximum({x}, {y})", s.smax, "max", commutative=True,
            doc="elementwise max(x, y)"),
-        Op("Min", _same(), _elementwise(torch.minimum), s.smin, "min", commutative=True,
+        Op("Min", _same(), "torch.minimum({x}, {y})", s.smin, "min", commutative=True,
            doc="elementwise min(x, y)"),
         Op("DotProduct", (((R, R), R), ((LIST, LIST), LIST)) + tuple(((t, t), R) for t in _VEC),
-           _dot, s.dot, "·", commutative=True, typed=True,
+           "{x} * {y}", s.dot, "·", commutative=True, typed=True,
+           reduced="({x} * {y})" + _SUM_TRAILING,
            doc="x * y for R and List[R]; summed over the last axis for V and S"),
-        Op("Div", _same(), lambda x, y: x / (y + EPS_DIV), lambda x, y: s.div(x, y), "/",
+        Op("Div", _same(), f"{{x}} / ({{y}} + {EPS_DIV!r})", lambda x, y: s.div(x, y), "/",
            doc="x / (y + 1e-10)"),
         Op("L2Distance", (((R, R), R), ((LIST, LIST), R)) + tuple(((t, t), R) for t in _VEC),
-           lambda x, y, types: 0.5 * _sum_last((x - y) ** 2), s.l2distance, "½(x−y)²",
-           commutative=True, typed=True, doc="0.5 * (x - y)^2, summed over the last axis"),
-        Op("MaxList", (((LIST,), R),), lambda x: x.max(-1).values, s.reduction("max"), "max_a",
+           "0.5 * ({x} - {y}) ** 2", s.l2distance, "½(x−y)²", commutative=True, typed=True,
+           reduced="0.5 * (({x} - {y}) ** 2)" + _SUM_TRAILING,
+           doc="0.5 * (x - y)^2, summed over the last axis"),
+        Op("MaxList", (((LIST,), R),), "{x}.max(-1).values", s.reduction("max"), "max_a",
            doc="max over actions"),
-        Op("MinList", (((LIST,), R),), lambda x: x.min(-1).values, s.reduction("min"), "min_a",
+        Op("MinList", (((LIST,), R),), "{x}.min(-1).values", s.reduction("min"), "min_a",
            doc="min over actions"),
-        Op("ArgMaxList", (((LIST,), Z),), lambda x: x.argmax(-1), s.argmax, "argmax_a",
+        Op("ArgMaxList", (((LIST,), Z),), "{x}.argmax(-1)", s.argmax, "argmax_a",
            doc="the action with the largest value (no gradient)"),
-        Op("SelectList", (((LIST, Z), R),), _select, s.select, "[a]",
-           doc="the entry of a per-action list at an action index"),
-        Op("MeanList", (((LIST,), R),), lambda x: x.mean(-1), s.reduction("mean"), "mean_a",
+        Op("SelectList", (((LIST, Z), R),), "{x}.gather(-1, {y}.long().unsqueeze(-1)).squeeze(-1)",
+           s.select, "[a]", doc="the entry of a per-action list at an action index"),
+        Op("MeanList", (((LIST,), R),), "{x}.mean(-1)", s.reduction("mean"), "mean_a",
            doc="mean over actions"),
-        Op("VarianceList", (((LIST,), R),), lambda x: x.var(-1, unbiased=False),
+        Op("VarianceList", (((LIST,), R),), "{x}.var(-1, unbiased=False)",
            s.reduction("var"), "var_a", doc="variance over actions"),
-        Op("StdList", (((LIST,), R),), lambda x: x.std(-1, unbiased=False),
+        Op("StdList", (((LIST,), R),), "{x}.std(-1, unbiased=False)",
            s.reduction("std"), "std_a", doc="standard deviation over actions"),
-        Op("SumList", (((LIST,), R),), lambda x: x.sum(-1), s.reduction("sum"), "Σ_a",
+        Op("SumList", (((LIST,), R),), "{x}.sum(-1)", s.reduction("sum"), "Σ_a",
            doc="sum over actions"),
-        Op("LogSumExpList", (((LIST,), R),), lambda x: torch.logsumexp(x, -1),
+        Op("LogSumExpList", (((LIST,), R),), "torch.logsumexp({x}, -1)",
            s.reduction("logsumexp"), "logΣexp_a", doc="log sum_a exp(x_a)"),
-        Op("Log", _unary(), lambda x: torch.log(x.abs() + EPS_LOG), s.log, "log",
+        Op("Log", _unary(), f"torch.log({{x}}.abs() + {EPS_LOG!r})", s.log, "log",
            doc="log(|x| + 1e-12)"),
-        Op("Exp", _unary(), lambda x: torch.exp(x).clamp(-EXP_CLIP, EXP_CLIP), s.exp, "exp",
+        Op("Exp", _unary(), f"torch.exp({{x}}).clamp({-EXP_CLIP!r}, {EXP_CLIP!r})", s.exp, "exp",
            doc="exp(x) clipped to +-1e10"),
-        Op("Abs", _unary(), torch.abs, sympy.Abs, "|x|", doc="|x|"),
-        Op("QValues", (((PARAM, S), LIST),), lambda net, x: net(x), s.qvalues, "Q(s,·)",
+        Op("Abs", _unary(), "{x}.abs()", sympy.Abs, "|x|", doc="|x|"),
+        Op("QValues", (((PARAM, S), LIST),), "{x}({y})", s.qvalues, "Q(s,·)",
            doc="the Q network's values of every action in a state"),
-        Op("Softmax", (((LIST,), P),), lambda x: torch.softmax(x, -1), s.softmax, "softmax",
+        Op("Softmax", (((LIST,), P),), "torch.softmax({x}, -1)", s.softmax, "softmax",
            doc="softmax over actions"),
-        Op("KLDiv", (((P, P), R),), _kl, s.kl, "KL", doc="sum_a p log(p/q) (1e-8 guards)"),
-        Op("Entropy", (((P,), R),), _entropy, s.entropy, "H",
-           doc="-sum_a p log(p + 1e-8) (the authors' code returns the negative)"),
-        Op("Constant", (((), R),), _const, s.constant, "c",
+        Op("KLDiv", (((P, P), R),),
+           f"({{x}} * (torch.log({{x}} + {EPS_PROB!r}) - torch.log({{y}} + {EPS_PROB!r})))"
+           ".sum(-1)", s.kl, "KL", doc="sum_a p log(p/q) (1e-8 guards)"),
+        Op("Entropy", (((P,), R),), f"-({{x}} * torch.log({{x}} + {EPS_PROB!r})).sum(-1)",
+           s.entropy, "H", doc="-sum_a p log(p + 1e-8) (the authors' code returns the negative)"),
+        Op("Constant", (((), R),), "torch.full_like({like}, {value})", s.constant, "c",
            doc="a constant; search spaces draw it from 1, 0.5, 0.2, 0.1, 0.01"),
-        Op("MultiplyTenth", _unary(), lambda x: 0.1 * x, lambda x: sympy.Float(0.1) * x, "×0.1",
+        Op("MultiplyTenth", _unary(), "0.1 * {x}", lambda x: sympy.Float(0.1) * x, "×0.1",
            doc="0.1 * x"),
-        Op("Normal", (((), R),), _normal, s.normal, "N(0,1)", random=True,
+        Op("Normal", (((), R),), "torch.randn({like}.shape, generator={generator}, "
+           "dtype={like}.dtype, device={like}.device)", s.normal, "N(0,1)", random=True,
            doc="a fresh N(0, 1) sample per transition, at every call"),
-        Op("Uniform", (((), R),), _uniform, s.uniform, "U(0,1)", random=True,
+        Op("Uniform", (((), R),), "torch.rand({like}.shape, generator={generator}, "
+           "dtype={like}.dtype, device={like}.device)", s.uniform, "U(0,1)", random=True,
            doc="a fresh U(0, 1) sample per transition, at every call"),
-        Op("MeanBatch", _unary(), _batch_mean, s.batch("mean"), "mean_B",
-           doc="mean over the batch, broadcast back to every transition"),
-        Op("StdBatch", _unary(), _batch_std, s.batch("std"), "std_B",
-           doc="standard deviation over the batch, broadcast back"),
-        Op("MaxFloat", (((R, LIST), LIST), ((R, V), V)), _elementwise(torch.maximum), s.smax,
-           "max", doc="max of a float and each entry of a list or vector"),
-        Op("MultiplyFloat", (((R, LIST), LIST), ((R, V), V)), _elementwise(torch.mul),
-           lambda x, y: x * y, "×", doc="a float times a list or vector"),
-        Op("L2Norm", _unary(), lambda x: x * x, lambda x: x**2, "x²", doc="x^2"),
+        Op("MeanBatch", _unary(), "{x}.mean(0, keepdim=True).expand_as({x})", s.batch("mean"),
+           "mean_B", doc="mean over the batch, broadcast back to every transition"),
+        Op("StdBatch", _unary(), "{x}.std(0, unbiased=False, keepdim=True).expand_as({x})",
+           s.batch("std"), "std_B", doc="standard deviation over the batch, broadcast back"),
+        Op("MaxFloat", (((R, LIST), LIST), ((R, V), V)), "torch.maximum({x}, {y})", s.smax,
+           "max", broadcast=True, doc="max of a float and each entry of a list or vector"),
+        Op("MultiplyFloat", (((R, LIST), LIST), ((R, V), V)), "{x} * {y}",
+           lambda x, y: x * y, "×", broadcast=True, doc="a float times a list or vector"),
+        Op("L2Norm", _unary(), "{x} * {x}", lambda x: x**2, "x²", doc="x^2"),
     ]
 
 
