@@ -110,7 +110,7 @@ class Op:
     def source(self, input_types: tuple[Type, ...] = ()) -> str:
         """The source line for these input types: ``reduced`` where a typed op sums its
         inputs' trailing axes into an R, else ``code``."""
-        if self.reduced and input_types[0] is not R and self.output_type(input_types) is R:
+        if self.reduced and input_types[0] in _reducing(self):
             return self.reduced
         return self.code
 
@@ -164,6 +164,11 @@ def _bc(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def _reducing(op: Op) -> frozenset:
+    """The first-input types for which a typed op sums trailing axes into an R."""
+    return frozenset(ins[0] for ins, out in op.signatures if ins and out is R and ins[0] is not R)
+
+
 def _compile(op: Op) -> Callable[..., Any]:
     """``Op.torch``: the op's source line(s) compiled into a function."""
     if op.arity == 0:
@@ -177,10 +182,10 @@ def _compile(op: Op) -> Callable[..., Any]:
         if op.broadcast:
             text += "    x, y = _bc(x, y)\n"
         if op.typed and op.reduced:
-            text += (f"    if op.source(types) is op.reduced:\n"
+            text += (f"    if types[0] in reducing:\n"
                      f"        return {op.reduced.format(**fill)}\n")
         text += f"    return {op.code.format(**fill)}\n"
-    scope = {"torch": torch, "_bc": _bc, "op": op}
+    scope = {"torch": torch, "_bc": _bc, "reducing": _reducing(op)}
     exec(compile(text, f"<op {op.name}>", "exec"), scope)  # noqa: S102 - the table's own source
     return scope[op.name]
 
@@ -199,9 +204,9 @@ def _rows() -> list[Op]:
         Op("Subtract", _broadcast(), "{x} - {y}", lambda x, y: x - y, "-", broadcast=True,
            doc="x - y"),
         Op("Max", _same(), "torch.maximum({x}, {y})", s.smax, "max", commutative=True,
-           doc="elementwise max(x, y)"),
+           broadcast=True, doc="elementwise max(x, y)"),
         Op("Min", _same(), "torch.minimum({x}, {y})", s.smin, "min", commutative=True,
-           doc="elementwise min(x, y)"),
+           broadcast=True, doc="elementwise min(x, y)"),
         Op("DotProduct", (((R, R), R), ((LIST, LIST), LIST)) + tuple(((t, t), R) for t in _VEC),
            "{x} * {y}", s.dot, "·", commutative=True, typed=True,
            reduced="({x} * {y})" + _SUM_TRAILING,
