@@ -165,8 +165,10 @@ def _bc(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _reducing(op: Op) -> frozenset:
-    """The first-input types for which a typed op sums trailing axes into an R."""
-    return frozenset(ins[0] for ins, out in op.signatures if ins and out is R and ins[0] is not R)
+    """The first-input types (a P included wherever a List[R] is) for which a typed op
+    sums trailing axes into an R."""
+    return frozenset(t for ins, out in op.signatures if ins and out is R and ins[0] is not R
+                     for t in Type if t.fits(ins[0]))
 
 
 def _compile(op: Op) -> Callable[..., Any]:

@@ -6,6 +6,7 @@ written in the paper's table and the authors' code (facts.md section 1).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -287,3 +288,31 @@ def test_type_fits():
     assert Type.R.fits(Type.R)
     assert not Type.Z.fits(Type.R)
     assert Type.LIST.label == "List[R]"
+
+
+def test_every_typing_gives_a_tensor_of_its_output_types_shape():
+    """Each input-type tuple an op accepts (a P in a List[R] slot included) yields the
+    rank its output type promises: an R is (B,), a List[R] or P (B, A), a V (B, D)."""
+    B, A, D = 3, 4, 5
+    make = {
+        Type.R: lambda: torch.randn(B, dtype=F64),
+        Type.LIST: lambda: torch.randn(B, A, dtype=F64),
+        Type.P: lambda: torch.softmax(torch.randn(B, A, dtype=F64), -1),
+        Type.V: lambda: torch.randn(B, D, dtype=F64),
+        Type.S: lambda: torch.randn(B, 2, 3, dtype=F64),
+        Type.Z: lambda: torch.randint(0, A, (B,)),
+    }
+    shape = {Type.R: (B,), Type.Z: (B,), Type.LIST: (B, A), Type.P: (B, A), Type.V: (B, D)}
+    checked = 0
+    for op in OPS.values():
+        if op.arity == 0 or op.name == "QValues":
+            continue
+        for ins in itertools.product(make, repeat=op.arity):
+            out = op.output_type(ins)
+            if out is None:
+                continue
+            args = [make[t]() for t in ins]
+            got = op.torch(*args, types=ins) if op.typed else op.torch(*args)
+            assert tuple(got.shape) == shape[out], (op.name, ins, tuple(got.shape))
+            checked += 1
+    assert checked > 60
