@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install $(TORCH_PIN)
-	$(BIN)/python -m pip install -e '.[dev,notebooks]'
+	$(BIN)/python -m pip install -e '.[dev,notebooks,sb3]'
 	touch $@
 
 install: $(VENV)/.installed

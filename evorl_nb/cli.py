@@ -10,6 +10,8 @@
     evorl-nb resume runs/NAME         continue a stopped or killed search
     evorl-nb rescore runs/NAME        re-train the top programs, DQN, DQNReg on fresh seeds
     evorl-nb show runs/NAME           top programs and duplicate / hurdle / failure rates
+    evorl-nb export dqn_reg -o dqn_reg_loss.py    a loss as a torch-only .py file (or --format
+                                  json / latex; a run folder with --rank N picks its Nth best)
     evorl-nb reproduce training --budget quick   a paper experiment, docs/results/reproduce/quick
 """
 
@@ -234,6 +236,36 @@ def _rescore(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from evorl_nb.export import export
+
+    source = Path(args.source)
+    is_run = source.is_dir() or source.suffix == ".sqlite"
+    if args.rank is not None and not is_run:
+        raise ValueError(f"--rank picks a program from a run folder; {args.source!r} is not one")
+    if is_run:
+        from evorl_nb.rescore import ranked_program
+
+        rank = 1 if args.rank is None else args.rank
+        program, how = ranked_program(args.source, rank)
+        run_name = source.resolve().name if source.is_dir() else source.stem
+        name = args.name or f"{run_name}_rank{rank}"
+    else:
+        program, how = load_program(args.source), None
+        name = args.name or program.name or source.stem
+    text = export(program, args.format, name=name)
+    if args.out is None:
+        print(text, end="")
+    else:
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"cannot write {args.out!r}: {e.strerror}") from None
+        print(f"wrote {args.out} ({args.format}" + (f"; {how}" if how else "") + ")",
+              file=sys.stderr)
+    return 0
+
+
 def _show(args) -> int:
     from evorl_nb.runner import summary
 
@@ -245,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``evorl-nb`` command."""
     from evorl_nb.dqn import config_names as trainer_names
     from evorl_nb.evolve import preset_names, preset_summaries
+    from evorl_nb.export import FORMATS
 
     parser = argparse.ArgumentParser(prog="evorl-nb", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -334,6 +367,19 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seeds", type=int, default=5, help="fresh seeds each (default 5)")
     _backend_args(q)
     q.set_defaults(func=_rescore)
+    o = sub.add_parser("export", help="write a program as a standalone PyTorch loss file, "
+                       "program JSON or LaTeX")
+    o.add_argument("source", help="a library name, a program .json file, or a run folder")
+    o.add_argument("--format", default="torch", choices=FORMATS,
+                   help="torch: a .py file defining loss(q_net, target_net, obs, action, "
+                        "reward, next_obs, done, gamma) that needs only torch (default)")
+    o.add_argument("-o", "--out", default=None, metavar="FILE",
+                   help="file to write (default: print to stdout)")
+    o.add_argument("--rank", type=int, default=None,
+                   help="with a run folder: which program, 1 = best by re-scored mean "
+                        "(by search fitness if the run was not re-scored); default 1")
+    o.add_argument("--name", default=None, help="the loss's title in the file's docstring")
+    o.set_defaults(func=_export)
     w = sub.add_parser("show", help="top programs and rates of a run")
     w.add_argument("run", help="run folder (or its run.sqlite)")
     w.add_argument("--top", type=int, default=10, help="how many programs (default 10)")

@@ -34,7 +34,7 @@ FORMATS = ("torch", "json", "latex")
 """The formats :func:`export` writes."""
 
 # what the exported function calls each program input
-_INPUT_VARS = {"q": "q_net", "a_t": "a_t", "s_t": "obs", "q_targ": "target_net",
+_INPUT_VARS = {"q": "q_net", "a_t": "action", "s_t": "obs", "q_targ": "target_net",
                "s_tp1": "next_obs", "r_t": "reward", "discount": "discount"}
 _RANK = {Type.R: 1, Type.Z: 1, Type.LIST: 2, Type.P: 2, Type.V: 2}
 _COMMENT_WIDTH = 60
@@ -99,11 +99,11 @@ def _comments(program: Program) -> list[str | None]:
         return [None] * (N_INPUTS + len(program.nodes))
 
 
-def _header(program: Program, title: str) -> str:
+def _header(program: Program, title: str, annotate: bool) -> str:
     try:
-        equation = program.equation()
+        equation = program.equation() if annotate else program.equation(simplify=False)
     except Exception:  # noqa: BLE001 - the docstring falls back to the raw graph
-        equation = "(sympy could not simplify this program)"
+        equation = "(sympy could not write this program)"
     from evorl_nb import __version__
 
     return (f'"""{title}: a loss exported by evorl_nb {__version__}.\n\n'
@@ -118,15 +118,18 @@ def _header(program: Program, title: str) -> str:
             '"""\n')
 
 
-def torch_source(program: Program, name: str | None = None) -> str:
-    """The program as a standalone Python module defining ``loss(...)`` (see the module doc)."""
+def torch_source(program: Program, name: str | None = None, *, annotate: bool = True) -> str:
+    """The program as a standalone Python module defining ``loss(...)`` (see the module doc).
+
+    ``annotate=False`` skips the sympy work (the simplified equation in the docstring and
+    the per-line formula comments), for exporting many programs quickly; the code is the same.
+    """
     program = program.prune()
     title = name or program.name or "evolved_loss"
     var = [_INPUT_VARS[n] for n in INPUT_NAMES]
     names = _names(program, var)
-    notes = _comments(program)
-    body = ["    a_t = action.long()",
-            "    discount = gamma * (1.0 - done.to(reward.dtype))  # γ (0 after a terminal step)"]
+    notes = _comments(program) if annotate else [None] * (N_INPUTS + len(program.nodes))
+    body = ["    discount = gamma * (1.0 - done.to(reward.dtype))  # γ (0 after a terminal step)"]
     memo: dict[Any, str] = {}
     alias: dict[int, str] = {}
     for i, n in enumerate(program.nodes, start=N_INPUTS):
@@ -162,7 +165,7 @@ def torch_source(program: Program, name: str | None = None) -> str:
     doc = ('    """The batch mean of the per-transition loss (a scalar with gradients in '
            "q_net's\n    parameters). ``generator`` (a torch.Generator) drives any random "
            'op."""\n')
-    return (_header(program, title) + "\nimport torch\n\n\n" + signature + doc
+    return (_header(program, title, annotate) + "\nimport torch\n\n\n" + signature + doc
             + "\n".join(body) + "\n")
 
 

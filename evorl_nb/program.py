@@ -218,6 +218,13 @@ class Program:
 
         return equation(self, latex=latex, simplify=simplify)
 
+    def to_torch_source(self, name: str | None = None) -> str:
+        """This loss as a standalone PyTorch module defining ``loss(q_net, target_net, obs,
+        action, reward, next_obs, done, gamma, generator)`` (see ``evorl_nb.export``)."""
+        from evorl_nb.export import torch_source
+
+        return torch_source(self, name)
+
     def fingerprint(self) -> str:
         """The functional-equivalence hash (equal for programs computing the same loss)."""
         from evorl_nb.fingerprint import fingerprint

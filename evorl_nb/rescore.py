@@ -34,7 +34,7 @@ from evorl_nb.program import Program
 from evorl_nb.stats import ci95, paired_ci95
 from evorl_nb.store import RunStore, load_run, store_path
 
-__all__ = ["rescore", "ranking", "REFERENCES", "FIRST_SEED", "DEFAULT_TOP", "DEFAULT_SEEDS"]
+__all__ = ["rescore", "ranking", "ranked_program", "REFERENCES", "FIRST_SEED", "DEFAULT_TOP", "DEFAULT_SEEDS"]
 
 REFERENCES = ("dqn", "dqn_reg")
 """Library losses re-scored beside a run's programs: the baseline and the paper's find."""
@@ -189,6 +189,32 @@ def ranking(run: str | Path):
     out.insert(0, "rank", range(1, len(out) + 1))
     envs = [c for c in out.columns if c.startswith("score:")]
     return out[cols[:-2] + envs + cols[-2:]].reset_index(drop=True)
+
+
+def ranked_program(run: str | Path, rank: int = 1) -> tuple[Program, str]:
+    """The run's ``rank``-th best searched program (1 = best) and a line saying where it
+    ranks: by re-scored mean over fresh seeds where the run was re-scored (the search's own
+    fitness is one noisy draw), else by search fitness, one program per distinct loss."""
+    if rank < 1:
+        raise ValueError(f"--rank counts from 1, got {rank}")
+    table = ranking(run)
+    found = table[~table["entry"].str.startswith("lib:")] if not table.empty else table
+    if not found.empty:
+        if rank > len(found):
+            raise ValueError(f"the run's re-scored ranking has {len(found)} searched "
+                             f"programs; rank {rank} is not among them")
+        row = found.iloc[rank - 1]
+        how = (f"rank {rank} by re-scored mean ({row['mean']:.3f} ± {row['ci95']:.3f} over "
+               f"{int(row['seeds'])} fresh seeds), candidate {row['entry']}")
+        return Program.from_json(row["program"]), how
+    best = load_run(store_path(run)).best(rank, distinct=True)
+    if len(best) < rank:
+        raise ValueError(f"the run has {len(best)} distinct scored programs; rank {rank} "
+                         "is not among them")
+    row = best.iloc[rank - 1]
+    how = (f"rank {rank} by search fitness ({row['fitness']:.3f}; not re-scored), "
+           f"candidate id:{int(row['id'])}")
+    return Program.from_json(row["program"]), how
 
 
 def _equation(program_json: str, entry: str) -> str:
