@@ -191,9 +191,11 @@ def summary(path: str | Path, k: int = 5) -> str:
     data = load_run(store_path(path))
     rates = data.rates()
     df = data.candidates
+    passed = int((df["status"] == "trained").sum())
     lines = [f"run {store_path(path)}: {len(df)} candidates, "
-             f"{rates['evaluated']} trained, duplicates {rates['duplicate']:.0%}, "
-             f"below hurdle {rates['below_hurdle']:.0%}, failed {rates['failed']:.0%}",
+             f"{rates['evaluated']} trained ({passed} past the hurdle), duplicates "
+             f"{rates['duplicate']:.0%}, below hurdle {rates['below_hurdle']:.0%}, "
+             f"failed {rates['failed']:.0%}",
              f"{'rank':>4} {'id':>6} {'fitness':>8} {'seen':>5}  equation (simplified)"]
     best = data.best(k, distinct=True)
     seen = df["fingerprint"].value_counts()

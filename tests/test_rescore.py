@@ -12,7 +12,7 @@ from evorl_nb.evolve import get_preset, trainer_config
 from evorl_nb.program import Program
 from evorl_nb.rescore import FIRST_SEED, ranking, rescore
 from evorl_nb.runner import start, summary
-from evorl_nb.store import RunStore, load_run
+from evorl_nb.store import EVALUATED, RunStore, load_run
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,9 @@ def test_ranking_marks_only_what_beats_dqn_outside_the_noise(ci_run, tmp_path):
     assert table.loc["lib:dqn_reg", "ci95"] > table.loc["id:1", "ci95"] > 0
     text = summary(path)
     assert "re-scored on 5 fresh seeds" in text and "*" in text
+    statuses = load_run(path).candidates["status"]
+    trained, evaluated = (statuses == "trained").sum(), statuses.isin(EVALUATED).sum()
+    assert f"{evaluated} trained ({trained} past the hurdle)" in text
 
 
 def test_cli_rescore_and_show(ci_run, tmp_path, capsys):
