@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 from evorl_nb import export as ex  # noqa: E402
 from evorl_nb import library  # noqa: E402
 from evorl_nb.program import Batch, Program  # noqa: E402
-from evorl_nb.search_space import get_space, random_program  # noqa: E402
+from evorl_nb.search_space import get_space, mutate, random_program  # noqa: E402
 
 F64 = torch.float64
 B, A, OBS, HIDDEN = 8, 3, 4, 16
@@ -87,7 +87,13 @@ def _programs() -> list[Program]:
     progs = [library.get(n) for n in library.names()]
     for space in ("bootstrap", "scratch"):
         s = get_space(space)
-        progs += [random_program(s, rng) for _ in range(N_RANDOM)]
+        for _ in range(N_RANDOM):
+            p = random_program(s, rng)
+            # a bootstrapped draw is DQN behind dead nodes: mutate it so live graphs vary
+            for _ in range(int(rng.integers(0, 6)) if space == "bootstrap" else 0):
+                p = mutate(p, s, rng)
+            progs.append(p)
+    assert len({p.fingerprint() for p in progs}) > N_RANDOM  # many distinct losses
     return progs
 
 
