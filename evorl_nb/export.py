@@ -100,6 +100,7 @@ def _comments(program: Program) -> list[str | None]:
 
 
 def _header(program: Program, title: str, annotate: bool) -> str:
+    """The module docstring; ``program`` is already pruned."""
     try:
         equation = program.equation() if annotate else program.equation(simplify=False)
     except Exception:  # noqa: BLE001 - the docstring falls back to the raw graph
@@ -109,7 +110,7 @@ def _header(program: Program, title: str, annotate: bool) -> str:
     return (f'"""{title}: a loss exported by evorl_nb {__version__}.\n\n'
             f"    L = mean over the batch of  {equation}\n\n"
             f"fingerprint: {program.fingerprint()}\n"
-            f"graph: {program.prune()!r}\n\n"
+            f"graph: {program!r}\n\n"
             "Use it wherever a DQN loss is computed: ``loss(q_net, target_net, obs, action, "
             "reward,\nnext_obs, done, gamma)`` returns a scalar to ``.backward()``. "
             "``q_net`` and ``target_net`` map\nobservations [B, ...] to Q-values [B, A]; "

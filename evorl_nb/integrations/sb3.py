@@ -45,8 +45,8 @@ class EvolvedDQN(DQN):
 
     def __init__(self, program: Program | str = "dqn", *args: Any, **kwargs: Any):
         self.program = library.get(program) if isinstance(program, str) else program
+        self.loss_generator: torch.Generator | None = None  # made on the model's device at first use
         super().__init__(*args, **kwargs)
-        self.loss_generator = torch.Generator().manual_seed(int(self.seed or 0))
 
     def program_loss(self, replay_data) -> torch.Tensor:
         """The program's scalar loss on one SB3 replay sample (differentiable in q_net)."""
@@ -57,12 +57,10 @@ class EvolvedDQN(DQN):
                       done=replay_data.dones.reshape(-1))
         discounts = getattr(replay_data, "discounts", None)
         gamma = self.gamma if discounts is None else discounts.reshape(-1)
-        gen = getattr(self, "loss_generator", None)
-        if gen is None or gen.device != self.device:
-            gen = self.loss_generator = torch.Generator(self.device).manual_seed(
-                int(self.seed or 0))
+        if getattr(self, "loss_generator", None) is None:  # not saved: remade after load
+            self.loss_generator = torch.Generator(self.device).manual_seed(int(self.seed or 0))
         return self.program.loss(batch, self.q_net, self.q_net_target, gamma=gamma,
-                                 generator=gen)
+                                 generator=self.loss_generator)
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         """SB3's DQN gradient steps with the program's loss in place of the Huber TD loss."""
