@@ -214,15 +214,26 @@ def _worker_main(conn) -> None:
     batching: the worker trains up to ``slots`` candidates at once and takes new ones as
     others finish); its outcomes go back one by one as they are decided. Other tasks run
     to the end at once (``_run_task``)."""
+    import signal
+
     import torch
 
+    # Ctrl+C in a terminal reaches the whole process group: the driver stops the workers
+    # itself, so a worker ignores it rather than printing a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    try:
+        _serve(conn)
+    except (EOFError, OSError):  # the driver died or closed the pipe: exit quietly
+        return
+
+
+def _serve(conn) -> None:
+    """The worker loop: returns when told to stop; raises EOFError/OSError when the driver
+    is gone."""
     host = _StreamHost()
     while True:
-        try:
-            msg = conn.recv() if host.idle or conn.poll(0) else _NOTHING
-        except EOFError:
-            return
+        msg = conn.recv() if host.idle or conn.poll(0) else _NOTHING
         if msg is None:
             return
         if msg is not _NOTHING:
@@ -339,14 +350,29 @@ class LocalBackend:
         self._start(task, w, stream=False)
         return True
 
-    def _start(self, task: Task, w: _Worker, stream: bool) -> None:
+    def _start(self, task: Task, w: _Worker, stream: bool, respawns: int = 0) -> None:
+        """Send ``task`` to ``w``. A worker found dead on sending (killed while idle) is
+        replaced, what it held is retried as for any lost worker, and ``task`` goes to the
+        replacement without counting a try against it (it never reached a worker)."""
         task.tries += 1
         task.started, task.running = time.time(), False
         self._ids += 1
         w.tasks[self._ids] = task
         w.streaming = stream
-        w.conn.send((self._ids, task.keys, task.evaluator, task.programs_json, task.seed,
-                     self.slots if stream else 0))
+        try:
+            w.conn.send((self._ids, task.keys, task.evaluator, task.programs_json, task.seed,
+                         self.slots if stream else 0))
+            return
+        except (OSError, EOFError):  # BrokenPipeError, ConnectionResetError: w is gone
+            pass
+        del w.tasks[self._ids]
+        task.tries -= 1
+        slot = self.workers.index(w)
+        self._lost(w, f"worker {w.index} died (exit code {w.proc.exitcode})")
+        if respawns >= 2:  # fresh workers die at once: the machine, not the task, is broken
+            raise RuntimeError(f"local workers die as soon as they start (last exit code "
+                               f"{w.proc.exitcode}); see the worker's stderr above")
+        self._start(task, self.workers[slot], stream, respawns + 1)
 
     def _lost(self, w: _Worker, why: str) -> None:
         """A worker died or hung: replace it, and retry what it had not finished once."""

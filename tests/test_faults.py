@@ -1,0 +1,144 @@
+"""Faults and bad input: dead workers, two writers on one run, and a corpus of bad program
+files, run stores and flags, each meeting a named error (exit code 2 from the CLI), never a
+traceback, and never losing finished work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evorl_nb import library
+from evorl_nb.backends import LocalBackend
+from evorl_nb.store import RunStore, load_run
+from fakes import FakeEvaluator
+
+TESTS = Path(__file__).parent
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (Linux /proc)."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(entry.name))
+    return kids
+
+
+# ------------------------------------------------------------------------- workers
+
+
+def test_an_idle_local_worker_killed_is_replaced_and_its_next_task_runs():
+    backend = LocalBackend(workers=2, timeout=60)
+    try:
+        victim = backend.workers[0]
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.join(10)
+        assert not victim.proc.is_alive()
+        programs = [library.get(name) for name in ("dqn", "ddqn", "dqn_reg", "dqn_clipped")]
+        ev = FakeEvaluator()
+        done = {}
+        for i, p in enumerate(programs):
+            while backend.free() == 0:
+                done.update(backend.wait())
+            backend.submit(f"c{i}", ev, p, 0)
+        while len(done) < len(programs):
+            done.update(backend.wait())
+        assert sorted(done) == ["c0", "c1", "c2", "c3"]
+        assert all(out.status == "trained" for out in done.values())
+        assert victim not in backend.workers  # replaced
+    finally:
+        backend.close()
+
+
+SEARCH_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from fakes import FakeEvaluator
+from evorl_nb.evolve import get_preset
+from evorl_nb.runner import start
+cfg = get_preset("ci", population=8, tournament=3, candidates={n}, envs=("CartPole-v0",),
+                 hurdle=None, trainer="ci", batch=1)
+start({out!r}, cfg, seed=3, backend="local", workers=2, evaluator=FakeEvaluator(sleep=0.15),
+      progress=False, verbose=False)
+"""
+
+
+def test_search_survives_workers_killed_at_random_times(tmp_path):
+    """kill -9 of local workers, busy or idle, while a real search runs: the driver replaces
+    them and the run ends at its budget with every candidate recorded exactly once."""
+    out, n = tmp_path / "run", 60
+    proc = subprocess.Popen([sys.executable, "-c",
+                             SEARCH_SCRIPT.format(tests=str(TESTS), out=str(out), n=n)],
+                            stderr=subprocess.PIPE, text=True)
+    store_file, kills, deadline = out / "run.sqlite", 0, time.time() + 120
+    try:
+        while kills < 4 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.6)
+            recorded = 0
+            if store_file.exists():
+                try:
+                    with RunStore.open(store_file, readonly=True) as s:
+                        recorded = s.count()
+                except Exception:
+                    pass
+            workers = _children(proc.pid)
+            if recorded >= 5 + 10 * kills and workers:
+                os.kill(workers[kills % len(workers)], signal.SIGKILL)
+                kills += 1
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert kills >= 3
+    assert "Traceback" not in err, err
+    df = load_run(store_file).candidates
+    assert len(df) == n and df.proposal.is_unique and list(df.id) == list(range(1, n + 1))
+    # a killed candidate is retried on a fresh worker; only a second death fails it
+    assert (df.status == "failed").sum() <= kills
+
+
+def test_workers_of_a_killed_driver_exit_quietly(tmp_path):
+    """kill -9 of the driver: its workers notice the closed pipe and exit without a
+    traceback (they share the driver's stderr, so the pipe closes only when all have gone)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c",
+                             SEARCH_SCRIPT.format(tests=str(TESTS), out=str(out), n=400)],
+                            stderr=subprocess.PIPE, text=True)
+    store_file, deadline = out / "run.sqlite", time.time() + 60
+    workers = []
+    while time.time() < deadline:
+        time.sleep(0.3)
+        workers = _children(proc.pid)
+        if len(workers) >= 2 and store_file.exists():
+            break
+    assert len(workers) >= 2, workers  # two workers (and multiprocessing's resource tracker)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)  # returns once every worker has closed stderr
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    end = time.time() + 15
+    while (left := [w for w in workers if _alive(w)]) and time.time() < end:
+        time.sleep(0.2)  # exiting (reaped by init once it has gone)
+    assert not left, [Path(f"/proc/{w}/cmdline").read_text() for w in left]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
