@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import sqlite3
 import threading
 import time
@@ -25,7 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunStore", "CandidateRecord", "StoreError", "load_run", "RunData", "FORMAT",
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory file locks; one writer is up to the user there
+    fcntl = None
+
+__all__ = ["RunStore", "CandidateRecord", "StoreError", "RunLocked", "load_run", "RunData", "FORMAT",
            "RESCORE_COLUMNS", "STORE_NAME", "store_path",
            "FORMAT_VERSION", "STATUSES", "EVALUATED"]
 
@@ -76,8 +82,52 @@ def store_path(out: str | Path) -> Path:
     return out if out.suffix == ".sqlite" else out / STORE_NAME
 
 
+def lock_path(path: str | Path) -> Path:
+    """The writer-lock file beside a run's store (``run.sqlite.lock``)."""
+    return Path(f"{path}.lock")
+
+
+class _WriterLock:
+    """An exclusive OS lock (flock) held by the one process writing a run. The kernel drops
+    it when the process exits, however it exits, so a kill -9 leaves no stale lock; the file
+    stays, holding the writer's pid while it is locked."""
+
+    def __init__(self, path: Path):
+        self.file = None
+        if fcntl is None:
+            return
+        try:
+            f = open(lock_path(path), "a+")
+        except OSError as e:
+            raise StoreError(f"cannot write run {str(path)!r}: {e}") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            f.close()
+            raise RunLocked(f"run {str(path.parent)!r} is being written by pid {pid} (another "
+                            "evolve, resume or rescore); wait for it to end, or stop it, then "
+                            "try again. Reading it (show, load_run) is fine meanwhile.") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self.file = f
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.truncate(0)
+            self.file.close()  # closing the descriptor releases the flock
+            self.file = None
+
+
 class StoreError(RuntimeError):
     """A run file cannot be created, opened, read or written as asked."""
+
+
+class RunLocked(StoreError):
+    """Another process is writing this run (it holds the run's writer lock)."""
 
 
 @dataclass
@@ -175,8 +225,10 @@ def _record(row: tuple) -> CandidateRecord:
 class RunStore:
     """One run's SQLite file: run settings plus every finished candidate (thread-safe)."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, readonly: bool):
+    def __init__(self, path: Path, conn: sqlite3.Connection, readonly: bool,
+                 writer: _WriterLock | None = None):
         """Internal: use :meth:`create` or :meth:`open`."""
+        self._writer = writer
         self.path = path
         """Path of the run file."""
         self.readonly = readonly
@@ -218,7 +270,12 @@ class RunStore:
                 raise StoreError(f"cannot create run {str(path)!r}: {str(p)!r} already exists; "
                                  "resume it with RunStore.open(path) or choose a new path")
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = cls._connect(str(path))
+        writer = _WriterLock(path)
+        try:
+            conn = cls._connect(str(path))
+        except BaseException:
+            writer.release()
+            raise
         try:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")  # all or nothing: a killed create leaves no half-run
@@ -238,13 +295,15 @@ class RunStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             conn.close()
+            writer.release()
             raise
-        return cls(path, conn, readonly=False)
+        return cls(path, conn, readonly=False, writer=writer)
 
     @classmethod
     def open(cls, path: str | Path, readonly: bool = False) -> RunStore:
         """Open an existing run (for reading only if ``readonly``); StoreError if the file is
-        missing, empty, not an evorl_nb run, or of a newer format version."""
+        missing, empty, not an evorl_nb run, or of a newer format version; RunLocked when
+        opening to write a run another process is writing (one writer per run, any readers)."""
         path = Path(path)
         if not path.exists():
             raise StoreError(f"no run file at {str(path)!r}; start a run with `evorl-nb evolve "
@@ -254,18 +313,26 @@ class RunStore:
         if path.stat().st_size == 0:
             raise StoreError(f"{str(path)!r} is an empty file, not an evorl_nb run "
                              "(an interrupted create? RunStore.create can reuse it)")
+        writer = None
         if readonly:
             conn = cls._connect(path.resolve().as_uri() + "?mode=ro", uri=True)
         else:
-            conn = cls._connect(str(path))
+            writer = _WriterLock(path)  # RunLocked if another process writes this run
+            try:
+                conn = cls._connect(str(path))
+            except BaseException:
+                writer.release()
+                raise
         try:
             cls._check_format(path, conn)
             if not readonly:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
-            return cls(path, conn, readonly=readonly)
+            return cls(path, conn, readonly=readonly, writer=writer)
         except BaseException:
             conn.close()
+            if writer is not None:
+                writer.release()
             raise
 
     @staticmethod
@@ -419,6 +486,9 @@ class RunStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._writer is not None:
+                self._writer.release()
+                self._writer = None
 
     def __enter__(self) -> RunStore:
         return self

@@ -142,3 +142,75 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+# ------------------------------------------------------------------- one writer per run
+
+HOLD_SCRIPT = """
+import sys, time
+from evorl_nb.store import RunStore
+s = RunStore.open({path!r})
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def _hold(path) -> subprocess.Popen:
+    """Another process holding ``path`` open for writing (until killed)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT.format(path=str(path))],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    from evorl_nb.evolve import get_preset
+    from evorl_nb.runner import start
+
+    cfg = get_preset("ci", population=4, tournament=2, candidates=6, envs=("CartPole-v0",),
+                     hurdle=None, trainer="ci")
+    return start(tmp_path / "run", cfg, seed=0, evaluator=FakeEvaluator(), progress=False,
+                 verbose=False)
+
+
+def test_a_second_writer_is_refused_readers_are_not_and_a_kill_9_leaves_no_stale_lock(
+        finished_run):
+    from evorl_nb.store import RunLocked
+
+    holder = _hold(finished_run)
+    try:
+        with pytest.raises(RunLocked, match=rf"being written by pid {holder.pid}"):
+            RunStore.open(finished_run)
+        assert len(load_run(finished_run).candidates) == 6  # readers keep working
+        with RunStore.open(finished_run, readonly=True) as s:
+            assert s.count() == 6
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunStore.open(finished_run) as s:  # the killed holder's lock went with it
+        assert s.count() == 6
+    with RunStore.open(finished_run) as s:  # and closing releases it
+        s.set_meta("note", "x")
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "evorl_nb.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_resume_and_rescore_refuse_a_run_being_written(finished_run):
+    holder = _hold(finished_run)
+    try:
+        for cmd in (["resume", finished_run.parent, "--candidates", "8"],
+                    ["rescore", finished_run.parent, "--top", "1", "--seeds", "1"]):
+            r = _cli(*cmd)
+            assert r.returncode == 2, (cmd, r.stdout, r.stderr)
+            assert f"being written by pid {holder.pid}" in r.stderr
+            assert "Traceback" not in r.stderr
+        assert _cli("show", finished_run.parent).returncode == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunStore.open(finished_run, readonly=True) as s:
+        assert s.count() == 6 and s.get_meta("candidates") is None  # the refused resume wrote nothing
