@@ -462,6 +462,28 @@ class LocalBackend:
             w.kill()
 
 
+RAY_CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a Ray cluster's HOST:PORT to accept a connection before giving up."""
+
+
+def _check_reachable(address: str | None) -> None:
+    """ValueError within ``RAY_CONNECT_TIMEOUT`` if a HOST:PORT address does not answer (Ray
+    itself would retry for minutes without a word)."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--address {address!r} is not HOST:PORT or auto")
+    import socket
+
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), RAY_CONNECT_TIMEOUT).close()
+    except OSError as e:
+        raise ValueError(f"no Ray cluster answers at {address} (waited {RAY_CONNECT_TIMEOUT:g} "
+                         f"s: {e.strerror or e}); start one with `ray start --head` or use "
+                         "--address auto") from None
+
+
 class RayBackend:
     """Trains candidates as Ray tasks on an existing cluster (``address``) or a local one."""
 
@@ -475,6 +497,7 @@ class RayBackend:
             raise ImportError("the Ray backend needs Ray: pip install 'evorl_nb[ray]'") from None
         self.ray = ray
         if not ray.is_initialized():
+            _check_reachable(address)
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
                      **init_kwargs)
         self.n = workers or int(ray.cluster_resources().get("CPU", 1))

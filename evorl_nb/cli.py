@@ -57,7 +57,7 @@ def _reproduce(args) -> int:
                                algorithms=tuple(args.algorithms) if args.algorithms else None,
                                progress=not args.quiet, workers=args.workers)
     except (UnknownEnvError, AmbiguousEnvError, MissingDependencyError, KeyError) as e:
-        print(f"evorl-nb reproduce: {e.args[0] if e.args else e}", file=sys.stderr)
+        print(f"evorl-nb reproduce: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     data = reproduce.load(folder)
     print(f"{args.experiment} ({args.budget}): {data['meta']['claim']}")
@@ -158,11 +158,56 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 1 (seeds, candidates, workers, sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _natural(text: str) -> int:
+    """argparse type: a whole number >= 0 (a seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
+    return value
+
+
+def _unit(text: str) -> float:
+    """argparse type: a normalized score in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must be a normalized score in [0, 1]")
+    return value
+
+
 def _backend_args(p) -> None:
     p.add_argument("--backend", default="local", choices=["inprocess", "local", "ray"],
                    help="where candidates train (default: local worker processes)")
-    p.add_argument("--workers", type=int, default=None, help="parallel workers (default: cores)")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--workers", type=_count, default=None,
+                   help="parallel workers (default: cores)")
+    p.add_argument("--timeout", type=_seconds, default=None,
                    help="seconds before a candidate's worker counts as hung (retried once)")
     p.add_argument("--address", default=None, help="Ray cluster address: auto or HOST:PORT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -293,13 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--env", nargs="+", required=True, help="environment id(s), e.g. CartPole-v1")
     e.add_argument("--preset", default="quick", choices=["paper", "quick", "ci"],
                    help="trainer preset (default quick)")
-    e.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
-    e.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    e.add_argument("--seeds", type=_count, default=1, help="number of seeds (default 1)")
+    e.add_argument("--seed", type=_natural, default=0, help="first seed (default 0)")
     e.add_argument("--window", default="all", choices=["all", "last50"],
                    help="score over all episodes (paper) or the last 50 (authors' code)")
     e.add_argument("--hurdle", default=None,
                    help="hurdle env, evaluated first (default: none; the paper's is CartPole-v0)")
-    e.add_argument("--hurdle-threshold", type=float, default=0.6, help="hurdle score (0.6)")
+    e.add_argument("--hurdle-threshold", type=_unit, default=0.6, help="hurdle score (0.6)")
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.add_argument("--progress", action="store_true", help="show a progress bar per run")
     e.set_defaults(func=_evaluate)
@@ -314,19 +359,19 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--print-config", action="store_true",
                    help="print the effective config as TOML (readable by --config) and exit")
     v.add_argument("--out", default=None, help="run folder to create, e.g. runs/my-search")
-    v.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
-    v.add_argument("--candidates", type=int, default=None, help="candidates to record in all")
-    v.add_argument("--population", type=int, default=None, help="population size")
-    v.add_argument("--tournament", type=int, default=None, help="tournament size")
+    v.add_argument("--seed", type=_natural, default=0, help="search seed (default 0)")
+    v.add_argument("--candidates", type=_count, default=None, help="candidates to record in all")
+    v.add_argument("--population", type=_count, default=None, help="population size")
+    v.add_argument("--tournament", type=_count, default=None, help="tournament size")
     v.add_argument("--envs", nargs="+", default=None, metavar="ENV",
                    help="fitness environments (see `evorl-nb envs`)")
     v.add_argument("--hurdle", default=None, metavar="ENV:THRESHOLD",
                    help="hurdle env and normalized score, evaluated first (or none)")
     v.add_argument("--trainer", default=None, choices=trainer_names(),
                    help="trainer preset of each candidate's DQN runs")
-    v.add_argument("--max-steps", type=int, default=None,
+    v.add_argument("--max-steps", type=_count, default=None,
                    help="cap on each training run's environment steps")
-    v.add_argument("--batch", type=int, default=None,
+    v.add_argument("--batch", type=_count, default=None,
                    help="candidates each worker trains at once (population trainer; a "
                         "finished candidate's slot gets the next child at once); 1 trains "
                         "them one at a time (default: the preset's)")
@@ -340,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     v.set_defaults(func=_evolve)
     r = sub.add_parser("resume", help="continue a stopped or killed search")
     r.add_argument("run", help="run folder (or its run.sqlite)")
-    r.add_argument("--candidates", type=int, default=None, help="raise the candidate budget")
+    r.add_argument("--candidates", type=_count, default=None, help="raise the candidate budget")
     _backend_args(r)
     r.set_defaults(func=_resume)
     x = sub.add_parser("reproduce", help="run one of the paper's experiments at a budget")
@@ -351,11 +396,11 @@ def main(argv: list[str] | None = None) -> int:
                         "paper's step budgets), paper (the paper's settings)")
     x.add_argument("--out", default=None,
                    help="results folder (default docs/results/reproduce/BUDGET)")
-    x.add_argument("--seeds", type=int, default=None, help="override the budget's seeds")
+    x.add_argument("--seeds", type=_count, default=None, help="override the budget's seeds")
     x.add_argument("--envs", nargs="+", default=None, help="override the experiment's envs")
     x.add_argument("--algorithms", nargs="+", default=None,
                    help="override the experiment's losses (library names)")
-    x.add_argument("--workers", type=int, default=None,
+    x.add_argument("--workers", type=_count, default=None,
                    help="worker processes of a search (default: one per core)")
     x.add_argument("--no-figures", action="store_true", help="skip the PNG export")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -363,8 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("rescore", help="re-train a run's top programs, DQN and DQNReg on "
                        "fresh seeds (resumable; stored in the run)")
     q.add_argument("run", help="run folder (or its run.sqlite)")
-    q.add_argument("--top", type=int, default=20, help="distinct programs (default 20)")
-    q.add_argument("--seeds", type=int, default=5, help="fresh seeds each (default 5)")
+    q.add_argument("--top", type=_count, default=20, help="distinct programs (default 20)")
+    q.add_argument("--seeds", type=_count, default=5, help="fresh seeds each (default 5)")
     _backend_args(q)
     q.set_defaults(func=_rescore)
     o = sub.add_parser("export", help="write a program as a standalone PyTorch loss file, "
@@ -375,21 +420,28 @@ def main(argv: list[str] | None = None) -> int:
                         "reward, next_obs, done, gamma) that needs only torch (default)")
     o.add_argument("-o", "--out", default=None, metavar="FILE",
                    help="file to write (default: print to stdout)")
-    o.add_argument("--rank", type=int, default=None,
+    o.add_argument("--rank", type=_count, default=None,
                    help="with a run folder: which program, 1 = best by re-scored mean "
                         "(by search fitness if the run was not re-scored); default 1")
     o.add_argument("--name", default=None, help="the loss's title in the file's docstring")
     o.set_defaults(func=_export)
     w = sub.add_parser("show", help="top programs and rates of a run")
     w.add_argument("run", help="run folder (or its run.sqlite)")
-    w.add_argument("--top", type=int, default=10, help="how many programs (default 10)")
+    w.add_argument("--top", type=_count, default=10, help="how many programs (default 10)")
     w.set_defaults(func=_show)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or argparse's refusal of a flag (2, message printed)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return args.func(args)
     except (ProgramError, KeyError, ValueError, StoreError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"evorl-nb: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be read or written (--out under a file, ...)
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"evorl-nb: error: cannot use{where}: {e.strerror or e}", file=sys.stderr)
         return 2
 
 

@@ -214,3 +214,87 @@ def test_cli_resume_and_rescore_refuse_a_run_being_written(finished_run):
         holder.wait()
     with RunStore.open(finished_run, readonly=True) as s:
         assert s.count() == 6 and s.get_meta("candidates") is None  # the refused resume wrote nothing
+
+
+# ------------------------------------------------------------------------------ flags
+
+RUN = "{run}"
+BAD_FLAGS = [
+    ["evaluate", "--program", "dqn", "--env", "CartPole-v0", "--seeds", "0"],
+    ["evaluate", "--program", "dqn", "--env", "CartPole-v0", "--seeds", "-2"],
+    ["evaluate", "--program", "dqn", "--env", "CartPole-v0", "--seeds", "two"],
+    ["evaluate", "--program", "dqn", "--env", "CartPole-v0", "--seed", "-1"],
+    ["evaluate", "--program", "dqn", "--env", "CartPole-v0", "--hurdle-threshold", "1.5"],
+    ["evaluate", "--program", "dqn", "--env", "CartPole-v0", "--hurdle-threshold", "nan"],
+    ["evaluate", "--program", "dqn", "--env", "Bogus-v9"],
+    ["evaluate", "--program", "no_such_loss", "--env", "CartPole-v0"],
+    ["evaluate", "--program", "dqn", "--env", "CartPole-v0", "--preset", "huge"],
+    ["evolve", "--candidates", "-5", "--out", "{tmp}/a"],
+    ["evolve", "--candidates", "0", "--out", "{tmp}/a"],
+    ["evolve", "--candidates", "1e3", "--out", "{tmp}/a"],
+    ["evolve", "--workers", "-1", "--out", "{tmp}/a"],
+    ["evolve", "--workers", "0", "--out", "{tmp}/a"],
+    ["evolve", "--timeout", "-1", "--out", "{tmp}/a"],
+    ["evolve", "--timeout", "0", "--out", "{tmp}/a"],
+    ["evolve", "--timeout", "inf", "--out", "{tmp}/a"],
+    ["evolve", "--population", "0", "--out", "{tmp}/a"],
+    ["evolve", "--tournament", "-3", "--out", "{tmp}/a"],
+    ["evolve", "--batch", "0", "--out", "{tmp}/a"],
+    ["evolve", "--max-steps", "0", "--out", "{tmp}/a"],
+    ["evolve", "--seed", "-4", "--out", "{tmp}/a"],
+    ["evolve", "--preset", "nope", "--out", "{tmp}/a"],
+    ["evolve", "--trainer", "nope", "--out", "{tmp}/a"],
+    ["evolve", "--space", "nope", "--out", "{tmp}/a"],
+    ["evolve", "--hurdle", "CartPole-v0:2", "--out", "{tmp}/a"],
+    ["evolve", "--hurdle", "CartPole-v0", "--out", "{tmp}/a"],
+    ["evolve", "--preset", "ci", "--envs", "Nope-v0", "--out", "{tmp}/a"],
+    ["evolve", "--preset", "ci", "--out", "{tmp}/afile/run"],
+    ["evolve", "--preset", "ci", "--out", RUN],
+    ["evolve", "--backend", "gpu", "--out", "{tmp}/a"],
+    ["resume", RUN, "--candidates", "-3"],
+    ["resume", RUN, "--workers", "0"],
+    ["resume", "{tmp}/no_such_run"],
+    ["resume", "{tmp}/afile"],
+    ["show", RUN, "--top", "-1"],
+    ["show", RUN, "--top", "0"],
+    ["show", "{tmp}/no_such_run"],
+    ["rescore", RUN, "--top", "0"],
+    ["rescore", RUN, "--seeds", "-1"],
+    ["reproduce", "training", "--seeds", "0"],
+    ["reproduce", "training", "--workers", "0"],
+    ["reproduce", "no_such_experiment"],
+    ["reproduce", "training", "--budget", "huge"],
+    ["export", "dqn", "--rank", "-1"],
+    ["export", "dqn", "--format", "onnx"],
+    ["program", "{tmp}/afile"],
+    ["program", "{tmp}/no_such.json"],
+    ["frobnicate"],
+    [],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_FLAGS, ids=[" ".join(a)[:60] for a in BAD_FLAGS])
+def test_bad_flags_exit_2_with_a_message_and_no_traceback(argv, finished_run, tmp_path, capsys):
+    from evorl_nb.cli import main
+
+    (tmp_path / "afile").write_text("not a folder\n")
+    argv = [a.format(tmp=tmp_path, run=finished_run.parent) for a in argv]
+    before = load_run(finished_run).candidates
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err, err
+    assert not (tmp_path / "a").exists()  # refused before anything was created
+    after = load_run(finished_run).candidates
+    assert len(after) == len(before) and RunStore.open(finished_run).close() is None
+
+
+def test_unreachable_ray_address_fails_within_the_stated_timeout(tmp_path):
+    pytest.importorskip("ray")
+    from evorl_nb.backends import RAY_CONNECT_TIMEOUT
+
+    t = time.time()
+    r = _cli("evolve", "--preset", "ci", "--out", tmp_path / "r", "--backend", "ray",
+             "--address", "127.0.0.1:1", timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "no Ray cluster answers at 127.0.0.1:1" in r.stderr and "Traceback" not in r.stderr
+    assert time.time() - t < RAY_CONNECT_TIMEOUT + 60  # process start and imports included

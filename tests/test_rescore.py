@@ -109,7 +109,7 @@ def test_cli_rescore_and_show(ci_run, tmp_path, capsys):
     assert main(["show", str(path)]) == 0
     assert "re-scored on 2 fresh seeds" in capsys.readouterr().out
     assert main(["rescore", str(path), "--seeds", "0", "--backend", "inprocess"]) == 2
-    assert "seeds must be a positive integer" in capsys.readouterr().err
+    assert "--seeds: 0 must be at least 1" in capsys.readouterr().err
 
 
 def test_a_search_rescores_its_winners_at_the_end_when_asked(tmp_path):
