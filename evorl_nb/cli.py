@@ -158,48 +158,31 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _count(text: str) -> int:
-    """argparse type: a whole number >= 1 (seeds, candidates, workers, sizes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+def _checked(cast, ok, rule: str):
+    """An argparse type: ``cast`` the text, then refuse values ``ok`` rejects, saying ``rule``."""
+    noun = "a whole number" if cast is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} {rule}")
+        return value
+
+    parse.__name__ = rule  # argparse names the type in its messages
+    return parse
 
 
-def _natural(text: str) -> int:
-    """argparse type: a whole number >= 0 (a seed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must not be negative")
-    return value
-
-
-def _seconds(text: str) -> float:
-    """argparse type: a finite number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
-    return value
-
-
-def _unit(text: str) -> float:
-    """argparse type: a normalized score in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} must be a normalized score in [0, 1]")
-    return value
+_count = _checked(int, lambda v: v >= 1, "must be at least 1")
+"""A whole number >= 1 (seeds, candidates, workers, sizes)."""
+_natural = _checked(int, lambda v: v >= 0, "must not be negative")
+"""A whole number >= 0 (a seed)."""
+_seconds = _checked(float, lambda v: 0 < v < float("inf"), "must be a positive number of seconds")
+"""A finite number of seconds > 0."""
+_unit = _checked(float, lambda v: 0.0 <= v <= 1.0, "must be a normalized score in [0, 1]")
+"""A normalized score in [0, 1]."""
 
 
 def _backend_args(p) -> None:
