@@ -20,7 +20,8 @@ from evorl_nb import symbols as S
 from evorl_nb.ops import OPS, SourceContext
 from evorl_nb.program import N_INPUTS, Program
 
-__all__ = ["to_sympy", "simplify", "has_gradient", "equation", "notation", "DQN_TARGET",
+__all__ = ["to_sympy", "simplify", "has_gradient", "equation", "notation", "DQN_TARGET", "opaque",
+           "structural",
            "delta", "Y", "td_target"]
 
 delta = sympy.Symbol("delta", real=True)
@@ -55,11 +56,24 @@ def node_expressions(program: Program, *, guards: bool = True) -> list:
                 values.append(op.sympy(SourceContext(0, None, None, n.value, i)))
                 continue
             args = [values[j] for j in n.inputs]
-            if op.typed:
-                values.append(op.sympy(*args, types=tuple(program.types[j] for j in n.inputs)))
-            else:
-                values.append(op.sympy(*args))
+            try:
+                if op.typed:
+                    value = op.sympy(*args, types=tuple(program.types[j] for j in n.inputs))
+                else:
+                    value = op.sympy(*args)
+            except Exception:  # sympy refuses a valid combination (see opaque)
+                value = opaque(n.op, args)
+            values.append(value)
     return values
+
+
+def opaque(op_name: str, args) -> sympy.Expr:
+    """An op applied to its arguments, unevaluated: ``op_name(arg, ...)``.
+
+    Used where sympy cannot build an op's meaning for a valid program (a Max of terms it
+    cannot order, a bound variable that is itself an expression): the rest of the loss stays
+    exact, that node reads structurally, and a Q inside it still counts as a gradient path."""
+    return sympy.Function(op_name)(*args)
 
 
 def has_gradient(expr) -> bool:
@@ -129,10 +143,39 @@ def equation(program: Program, *, latex: bool = False, simplify: bool = True) ->
     case the equation says what Y is, e.g. for DDQN
     ``δ^2, Y = r_t + γ*Q_targ(s_{t+1}, argmax_a(Q(s_{t+1}, a)))``.
     """
-    expr = _simplify(program) if simplify else to_sympy(program, guards=False)
-    expr, target = notation(expr)
     show = S.to_latex if latex else S.to_text
-    text = show(expr)
-    if target is not None and sympy.expand(target - DQN_TARGET) != 0 and (Y in expr.free_symbols or delta in expr.free_symbols):
-        text += f", Y = {show(target)}"
-    return text
+    try:
+        expr = _simplify(program) if simplify else to_sympy(program, guards=False)
+    except Exception:  # sympy cannot build it: the program's structure instead
+        return structural(program)
+    try:
+        expr, target = notation(expr)
+        text = show(expr)
+        if (target is not None and sympy.expand(target - DQN_TARGET) != 0
+                and (Y in expr.free_symbols or delta in expr.free_symbols)):
+            text += f", Y = {show(target)}"
+        return text
+    except Exception:  # a substitution sympy cannot re-evaluate: the form before notation
+        try:
+            return show(expr)
+        except Exception:
+            return structural(program)
+
+
+def structural(program: Program) -> str:
+    """The program's live nodes as a chain of op applications, e.g. ``v7 = QValues(q, s_t);
+    v8 = SelectList(v7, a_t); loss = v8``: what :func:`equation` shows when sympy cannot
+    build a program's expression (it never fails, and it is linear in the program's size)."""
+    from evorl_nb.program import INPUT_NAMES
+
+    def name(i: int) -> str:
+        return INPUT_NAMES[i] if i < N_INPUTS else f"v{i}"
+
+    parts = []
+    for i in sorted(program.live()):
+        if i < N_INPUTS:
+            continue
+        n = program.nodes[i - N_INPUTS]
+        args = [name(j) for j in n.inputs] if OPS[n.op].arity else [repr(n.value)]
+        parts.append(f"{name(i)} = {n.op}({', '.join(args)})")
+    return "; ".join(parts + [f"loss = {name(program.output)}"])

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import sympy
+from sympy.core.function import AppliedUndef
 import torch
 from symeval import SymEval
 
@@ -163,6 +164,8 @@ def test_random_programs_sympy_is_exact(space):
         prog = mutate(random_program(sp, rng), sp, rng)
         if any(OPS[n.op].random for n in prog.prune().nodes):
             continue  # random ops are symbols, not numbers
+        if any(type(f).__name__ in OPS for f in prog.to_sympy().atoms(AppliedUndef)):
+            continue  # a node sympy could not build reads structurally (symbolic.opaque)
         with torch.no_grad():
             t = prog.evaluate(batch, q, qt, 0.99).numpy()
         s = np.broadcast_to(ev(prog.to_sympy()), t.shape)
@@ -174,3 +177,62 @@ def test_random_programs_sympy_is_exact(space):
         disagree += bool((np.isfinite(t) != np.isfinite(s)).any())
     assert checked > 250
     assert disagree <= checked // 100
+
+
+def _display_all(space: str, seed: int, n: int) -> tuple[int, int, list[str]]:
+    """Render ``n`` random programs of ``space`` every way a user sees them; (rendered,
+    structural fallbacks, failures as 'Error: program json')."""
+    from evorl_nb.symbolic import structural
+
+    sp, rng = get_space(space), np.random.default_rng(seed)
+    done = fallbacks = 0
+    failures = []
+    for k in range(n):
+        prog = random_program(sp, rng)
+        for _ in range(int(rng.integers(0, 4))):
+            prog = mutate(prog, sp, rng)
+        try:
+            text = prog.equation()
+            assert isinstance(text, str) and text
+            if k % 10 == 0:  # the other renderings share equation()'s path; sampled for time
+                assert isinstance(prog.equation(simplify=False), str)
+                assert isinstance(prog.equation(latex=True), str)
+                str(prog.to_sympy())
+            fallbacks += text == structural(prog)
+            done += 1
+        except Exception as e:  # noqa: BLE001 - collected and reported below
+            failures.append(f"{type(e).__name__}: {e} :: {prog.to_json()}")
+    return done, fallbacks, failures
+
+
+@pytest.mark.parametrize("space", ["scratch", "bootstrap"])
+def test_every_valid_program_displays(space):
+    """equation() (text, LaTeX, unsimplified) and to_sympy() never raise on a valid program:
+    10,000 random programs per space, in two processes."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(2) as pool:
+        parts = pool.starmap(_display_all, [(space, 11, 5000), (space, 12, 5000)])
+    done = sum(p[0] for p in parts)
+    failures = [f for p in parts for f in p[2]]
+    assert not failures, f"{len(failures)} programs failed to display, e.g. {failures[0][:2000]}"
+    assert done == 10_000
+    assert sum(p[1] for p in parts) < 100  # the structural form is a rare last resort
+
+
+def test_programs_sympy_cannot_build_still_display():
+    """Two programs sympy refuses (a Lambda over an argmax; a Max of terms it cannot order)
+    get an exact-elsewhere expression and an equation, never an exception."""
+    from evorl_nb.program import ProgramBuilder
+    from evorl_nb.symbolic import structural
+
+    b = ProgramBuilder()
+    q = b.QValues(b.q, b.s_t)
+    prog = b.build(b.SelectList(b.StdBatch(q), b.ArgMaxList(q)))
+    text = prog.equation()
+    assert isinstance(text, str) and "SelectList" in str(prog.to_sympy())
+    assert "Q(s_t" in text  # the rest of the loss is still written out
+
+    s = structural(library.get("dqn"))
+    assert s.startswith("v7 = QValues(q, s_t); v8 = SelectList(v7, a_t)")
+    assert s.endswith("v14 = L2Norm(v13); loss = v14")
