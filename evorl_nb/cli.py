@@ -35,10 +35,20 @@ def load_program(spec: str) -> Program:
         return library.get(spec)
     path = Path(spec)
     if path.suffix == ".json" or path.exists():
+        from evorl_nb.program import MAX_JSON_CHARS
+
         try:
-            text = path.read_text()
+            if path.is_file() and path.stat().st_size > 4 * MAX_JSON_CHARS:
+                raise ProgramError(f"{spec}: {path.stat().st_size:,} bytes is too large for a "
+                                   f"program file (at most {MAX_JSON_CHARS:,} characters)")
+            raw = path.read_bytes()
         except OSError as e:
             raise ProgramError(f"cannot read program file {spec!r}: {e.strerror}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ProgramError(f"{spec}: not UTF-8 text (byte {e.start}), so not a program "
+                               "JSON file") from None
         try:
             return Program.from_json(text)
         except ProgramError as e:

@@ -26,7 +26,8 @@ import torch
 
 from evorl_nb.ops import OPS, Op, SourceContext, Type
 
-__all__ = ["INPUTS", "Node", "Program", "ProgramError", "Batch", "FORMAT_VERSION"]
+__all__ = ["INPUTS", "Node", "Program", "ProgramError", "Batch", "FORMAT_VERSION",
+           "MAX_PROGRAM_NODES", "MAX_JSON_CHARS", "MAX_CONSTANT"]
 
 FORMAT_VERSION = 1
 """Version of the program JSON format written by :meth:`Program.to_json`."""
@@ -265,10 +266,16 @@ class Program:
     @classmethod
     def from_json(cls, text: str) -> Program:
         """Read a program from JSON text; raises :class:`ProgramError` naming the bad field."""
+        if len(text) > MAX_JSON_CHARS:
+            raise ProgramError(f"program JSON is {len(text):,} characters; the limit is "
+                               f"{MAX_JSON_CHARS:,} (a {MAX_PROGRAM_NODES:,}-node program "
+                               "fits well within it)")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ProgramError(f"program file is not JSON: {e}") from None
+        except RecursionError:
+            raise ProgramError("program JSON is nested too deeply to be a program") from None
         return cls.from_dict(data)
 
     def __repr__(self) -> str:
@@ -279,6 +286,25 @@ class Program:
 # --- validation --------------------------------------------------------------
 
 
+MAX_PROGRAM_NODES = 1_000
+"""Most op nodes a program may have (a search's programs have at most 20; the limit keeps a
+hostile or corrupt file from stalling type checks, sympy and the display)."""
+MAX_JSON_CHARS = 1_000_000
+"""Longest program JSON text read (a 1,000-node program is about 50,000 characters)."""
+MAX_CONSTANT = 1e30
+"""Largest magnitude of a Constant (well inside float32, which training uses)."""
+
+
+def _constant_ok(value) -> bool:
+    """A Constant's value: a real number (not a bool), finite, of magnitude <= MAX_CONSTANT."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value)) and abs(float(value)) <= MAX_CONSTANT
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _types_text(types: Sequence[Type]) -> str:
     return "(" + ", ".join(t.label for t in types) + ")"
 
@@ -287,6 +313,9 @@ def _check(nodes: tuple[Node, ...], frozen: int) -> tuple[Type, ...]:
     """Type-check every node; return the type of every graph index."""
     if not nodes:
         raise ProgramError("a program needs at least one op node (its output)")
+    if len(nodes) > MAX_PROGRAM_NODES:
+        raise ProgramError(f"a program has at most {MAX_PROGRAM_NODES:,} op nodes, got "
+                           f"{len(nodes):,}")
     if not 0 <= frozen <= len(nodes):
         raise ProgramError(f"frozen={frozen} must be between 0 and the {len(nodes)} op nodes")
     types = [t for _, t in INPUTS]
@@ -304,8 +333,10 @@ def _check(nodes: tuple[Node, ...], frozen: int) -> tuple[Type, ...]:
                     f"node {i} ({n.op}): input {j!r} must be an earlier node index 0..{i - 1} "
                     "(programs are in topological order, so no cycles)")
         if n.op == "Constant":
-            if not isinstance(n.value, (int, float)) or isinstance(n.value, bool) or not math.isfinite(n.value):
-                raise ProgramError(f"node {i} (Constant): needs a finite number value, got {n.value!r}")
+            if not _constant_ok(n.value):
+                shown = repr(n.value) if len(repr(n.value)) < 40 else repr(n.value)[:37] + "..."
+                raise ProgramError(f"node {i} (Constant): needs a finite number of magnitude at "
+                                   f"most {MAX_CONSTANT:g}, got {shown}")
         elif n.value is not None:
             raise ProgramError(f"node {i} ({n.op}): only Constant nodes take a value")
         got = tuple(types[j] for j in n.inputs)
@@ -351,6 +382,9 @@ def _parse(data: Any) -> dict:
     raw = data.get("nodes")
     if not isinstance(raw, list):
         raise ProgramError(f"nodes: expected a list, got {type(raw).__name__}")
+    if len(raw) > MAX_PROGRAM_NODES:
+        raise ProgramError(f"nodes: a program has at most {MAX_PROGRAM_NODES:,} op nodes, got "
+                           f"{len(raw):,}")
     nodes = []
     for k, d in enumerate(raw):
         where = f"nodes[{k}]"

@@ -298,3 +298,146 @@ def test_unreachable_ray_address_fails_within_the_stated_timeout(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "no Ray cluster answers at 127.0.0.1:1" in r.stderr and "Traceback" not in r.stderr
     assert time.time() - t < RAY_CONNECT_TIMEOUT + 60  # process start and imports included
+
+
+# ---------------------------------------------------------------------- program files
+
+
+def _valid() -> dict:
+    import json
+
+    return json.loads(library.get("dqn_reg").to_json())
+
+
+def _edit(fn):
+    d = _valid()
+    fn(d)
+    return d
+
+
+def _const(value):
+    """dqn_reg with 0.1*Q rebuilt as Constant(value)*Q."""
+    def put(d):
+        d["nodes"][8:] = [{"op": "Constant", "value": value},          # index 15
+                          {"op": "DotProduct", "inputs": [15, 8]},     # 16
+                          {"op": "Add", "inputs": [14, 16]}]           # the output
+    return _edit(put)
+
+
+def _chain(n: int) -> dict:
+    """A valid program of ``n`` nodes: Q(s_t, a_t) negated over and over."""
+    nodes = [{"op": "QValues", "inputs": [0, 2]}, {"op": "SelectList", "inputs": [7, 1]}]
+    nodes += [{"op": "Abs", "inputs": [k + 8]} for k in range(n - 2)]
+    return {"format": "evorl_nb.program", "version": 1, "nodes": nodes}
+
+
+def _text(obj) -> str:
+    import json
+    return obj if isinstance(obj, str) else json.dumps(obj)
+
+
+BAD_PROGRAMS = {
+    "empty": "",
+    "whitespace": "   \n",
+    "not json": "loss = delta**2",
+    "truncated": _text(_valid())[:-20],
+    "trailing comma": _text(_valid())[:-1] + ",}",
+    "list at top": "[1, 2, 3]",
+    "string at top": '"dqn"',
+    "number at top": "42",
+    "null": "null",
+    "nested 100k deep": "[" * 100_000 + "]" * 100_000,
+    "objects nested 50k deep": '{"a":' * 50_000 + "1" + "}" * 50_000,
+    "too long": " " * 1_000_001 + "{}",
+    "wrong format": _edit(lambda d: d.update(format="evorl_nb.run")),
+    "no version": _edit(lambda d: d.pop("version")),
+    "version string": _edit(lambda d: d.update(version="1")),
+    "version bool": _edit(lambda d: d.update(version=True)),
+    "version 0": _edit(lambda d: d.update(version=0)),
+    "version from the future": _edit(lambda d: d.update(version=99)),
+    "inputs renamed": _edit(lambda d: d.update(inputs=["q", "a", "s", "qt", "s2", "r", "g"])),
+    "unknown field": _edit(lambda d: d.update(extra=1)),
+    "no nodes": _edit(lambda d: d.pop("nodes")),
+    "nodes an object": _edit(lambda d: d.update(nodes={"0": {}})),
+    "nodes empty": _edit(lambda d: d.update(nodes=[])),
+    "node a list": _edit(lambda d: d["nodes"].__setitem__(0, [0, 2])),
+    "node a string": _edit(lambda d: d["nodes"].__setitem__(0, "QValues")),
+    "node unknown field": _edit(lambda d: d["nodes"][0].update(weight=1)),
+    "unknown op": _edit(lambda d: d["nodes"][3].update(op="Softplus")),
+    "op lowercase": _edit(lambda d: d["nodes"][3].update(op="maxlist")),
+    "op missing": _edit(lambda d: d["nodes"][3].pop("op")),
+    "op a number": _edit(lambda d: d["nodes"][3].update(op=3)),
+    "inputs a string": _edit(lambda d: d["nodes"][1].update(inputs="7,1")),
+    "input a float": _edit(lambda d: d["nodes"][1].update(inputs=[7.0, 1])),
+    "input a bool": _edit(lambda d: d["nodes"][1].update(inputs=[True, 1])),
+    "input a string": _edit(lambda d: d["nodes"][1].update(inputs=["7", 1])),
+    "input negative": _edit(lambda d: d["nodes"][1].update(inputs=[-1, 1])),
+    "input itself": _edit(lambda d: d["nodes"][1].update(inputs=[8, 1])),
+    "input later (cycle)": _edit(lambda d: d["nodes"][1].update(inputs=[12, 1])),
+    "input huge": _edit(lambda d: d["nodes"][1].update(inputs=[10**400, 1])),
+    "too few inputs": _edit(lambda d: d["nodes"][1].update(inputs=[7])),
+    "too many inputs": _edit(lambda d: d["nodes"][1].update(inputs=[7, 1, 1])),
+    "inputs missing": _edit(lambda d: d["nodes"][1].pop("inputs")),
+    "type error": _edit(lambda d: d["nodes"][1].update(inputs=[7, 7])),
+    "list output": _edit(lambda d: d["nodes"].append({"op": "QValues", "inputs": [0, 2]})),
+    "no gradient": _edit(lambda d: d.update(nodes=d["nodes"][2:4] and [
+        {"op": "QValues", "inputs": [3, 4]}, {"op": "MaxList", "inputs": [7]}])),
+    "value on a non-constant": _edit(lambda d: d["nodes"][3].update(value=1.0)),
+    "frozen negative": _edit(lambda d: d.update(frozen=-1)),
+    "frozen past the end": _edit(lambda d: d.update(frozen=99)),
+    "frozen a string": _edit(lambda d: d.update(frozen="2")),
+    "name a number": _edit(lambda d: d.update(name=7)),
+    "constant 400 digits": _const(10**400),
+    "constant NaN": _const(float("nan")),
+    "constant inf": _const(float("inf")),
+    "constant -inf": _const(float("-inf")),
+    "constant 1e300": _const(1e300),
+    "constant -1e31": _const(-1e31),
+    "constant a string": _const("0.1"),
+    "constant a bool": _const(True),
+    "constant null": _const(None),
+    "constant a list": _const([0.1]),
+    "constant an object": _const({"v": 0.1}),
+    "chain of 340k nodes": _chain(340_000),
+    "1,001 nodes": _chain(1_001),
+}
+
+
+def _write(folder: Path, name: str, content) -> Path:
+    path = folder / (name.replace(" ", "_").replace(",", "") + ".json")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(_text(content))
+    return path
+
+
+def test_the_corpus_is_valid_where_it_should_be():
+    """The corpus's helpers build programs that load, so each bad file is bad for its stated
+    reason, not for a broken helper."""
+    from evorl_nb.program import Program
+
+    assert Program.from_dict(_const(0.1)).equation() == "δ^2 + 0.1*Q(s_t, a_t)"
+    assert len(Program.from_dict(_chain(1_000)).nodes) == 1_000
+    assert len(BAD_PROGRAMS) >= 60
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PROGRAMS))
+def test_bad_program_files_get_a_named_error_and_exit_2(name, tmp_path, capsys):
+    from evorl_nb.cli import main
+
+    path = _write(tmp_path, name, BAD_PROGRAMS[name])
+    t = time.time()
+    assert main(["program", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "Traceback" not in err, err
+    assert time.time() - t < 10, "a bad file must be refused quickly"
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{\x00}\x00", b'{"nodes": "\xe9"}', b"\x00" * 64],
+                         ids=["utf-16", "latin-1", "zeros"])
+def test_binary_program_files_name_the_file(content, tmp_path):
+    path = tmp_path / "odd.json"
+    path.write_bytes(content)
+    r = _cli("program", path)
+    assert r.returncode == 2 and str(path) in r.stderr and "Traceback" not in r.stderr, r.stderr
