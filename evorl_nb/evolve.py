@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from evorl_nb.evaluate import HURDLE, TRAINING_ENVS
-from evorl_nb.program import Program
+from evorl_nb.program import Program, ProgramError
 from evorl_nb.search_space import SearchSpace, get_space, mutate_explained, random_program
 
 __all__ = ["EvolutionConfig", "ConfigError", "get_preset", "preset_names", "trainer_config",
@@ -494,13 +494,18 @@ class Evolution:
     def replay(self, records) -> None:
         """Rebuild the population, cache and counters from recorded candidates (in id order)."""
         for rec in records:
-            program = Program.from_json(rec.program_json)
+            try:
+                program = Program.from_json(rec.program_json)
+                index = int(rec.proposal.lstrip("p"))
+            except (ProgramError, ValueError) as e:
+                raise ProgramError(f"recorded candidate {rec.id} (proposal {rec.proposal!r}) "
+                                   f"cannot be replayed, so the run cannot go on: {e}") from None
             outcome = Outcome(rec.status, _fitness(rec.fitness), dict(rec.scores), rec.reason,
                               rec.steps, rec.wall_time, rec.worker)
             if rec.status in ("trained", "below_hurdle"):
                 self.cache.setdefault(rec.fingerprint, outcome)
             self._join(Member(rec.id, _fitness(rec.fitness), program))
-            self.next_index = max(self.next_index, int(rec.proposal.lstrip("p")) + 1)
+            self.next_index = max(self.next_index, index + 1)
 
     # --- ask / tell -----------------------------------------------------------
 

@@ -278,6 +278,15 @@ class Program:
             raise ProgramError("program JSON is nested too deeply to be a program") from None
         return cls.from_dict(data)
 
+    @classmethod
+    def from_record(cls, text: str, where: str) -> Program:
+        """Read a stored program (a run's candidate): like :meth:`from_json`, but the
+        ProgramError says which stored program was damaged (``where``)."""
+        try:
+            return cls.from_json(text)
+        except ProgramError as e:
+            raise ProgramError(f"{where}: the stored program is damaged ({e})") from None
+
     def __repr__(self) -> str:
         body = "; ".join(f"{i}={n.describe()}" for i, n in enumerate(self.nodes, N_INPUTS))
         return f"Program({self.name or ''!s}: {body})"

@@ -32,7 +32,7 @@ from evorl_nb.envs import get_spec
 from evorl_nb.evolve import EvolutionConfig, ProgramEvaluator
 from evorl_nb.program import Program
 from evorl_nb.stats import ci95, paired_ci95
-from evorl_nb.store import RunStore, load_run, store_path
+from evorl_nb.store import RunStore, StoreError, load_run, store_path
 
 __all__ = ["rescore", "ranking", "ranked_program", "REFERENCES", "FIRST_SEED", "DEFAULT_TOP", "DEFAULT_SEEDS"]
 
@@ -53,6 +53,8 @@ def _entries(store: RunStore, top: int, references: Sequence[str]) -> list[dict]
     best = data.best(top, distinct=True)
     entries = [{"entry": f"id:{int(r.id)}", "candidate_id": int(r.id), "program": r.program,
                 "fingerprint": r.fingerprint} for r in best.itertuples()]
+    for e in entries:  # a damaged program is refused before anything is written
+        Program.from_record(e["program"], f"run {store.path}, candidate {e['candidate_id']}")
     for name in references:
         prog = library.get(name)
         entries.append({"entry": f"lib:{name}", "candidate_id": None,
@@ -74,7 +76,10 @@ def rescore(run: str | Path, *, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SEE
     path = store_path(run)
     store = RunStore.open(path)
     try:
-        config = EvolutionConfig.from_dict(store.config)
+        try:
+            config = EvolutionConfig.from_dict(store.config).validate()
+        except (ValueError, TypeError) as e:
+            raise StoreError(f"run {path} has a config this evorl_nb cannot run: {e}") from None
         if first_seed <= config.eval_seed < first_seed + seeds:
             raise ValueError(f"rescore: seeds {first_seed}..{first_seed + seeds - 1} include "
                              f"the search's eval_seed {config.eval_seed}; pick another first_seed")
@@ -206,7 +211,7 @@ def ranked_program(run: str | Path, rank: int = 1) -> tuple[Program, str]:
         row = found.iloc[rank - 1]
         how = (f"rank {rank} by re-scored mean ({row['mean']:.3f} ± {row['ci95']:.3f} over "
                f"{int(row['seeds'])} fresh seeds), candidate {row['entry']}")
-        return Program.from_json(row["program"]), how
+        return Program.from_record(row["program"], f"run {run}, {row['entry']}"), how
     best = load_run(store_path(run)).best(rank, distinct=True)
     if len(best) < rank:
         raise ValueError(f"the run has {len(best)} distinct scored programs; rank {rank} "
@@ -214,7 +219,7 @@ def ranked_program(run: str | Path, rank: int = 1) -> tuple[Program, str]:
     row = best.iloc[rank - 1]
     how = (f"rank {rank} by search fitness ({row['fitness']:.3f}; not re-scored), "
            f"candidate id:{int(row['id'])}")
-    return Program.from_json(row["program"]), how
+    return Program.from_record(row["program"], f"run {run}, candidate {int(row['id'])}"), how
 
 
 def _equation(program_json: str, entry: str) -> str:

@@ -22,7 +22,7 @@ from typing import Callable
 
 from evorl_nb.backends import make_backend
 from evorl_nb.evolve import Evolution, EvolutionConfig, Outcome, ProgramEvaluator, Proposal, get_preset
-from evorl_nb.store import STORE_NAME, CandidateRecord, RunStore, store_path
+from evorl_nb.store import STORE_NAME, CandidateRecord, RunStore, StoreError, store_path
 
 __all__ = ["start", "resume", "drive", "store_path", "summary", "STORE_NAME"]
 
@@ -75,7 +75,10 @@ def resume(out: str | Path, *, backend: str = "inprocess", workers: int | None =
     path = store_path(out)
     store = RunStore.open(path)
     try:
-        config = EvolutionConfig.from_dict(store.config)
+        try:
+            config = EvolutionConfig.from_dict(store.config).validate()
+        except (ValueError, TypeError) as e:
+            raise StoreError(f"run {path} has a config this evorl_nb cannot run: {e}") from None
         if candidates is not None:
             config = EvolutionConfig.from_dict({**config.to_dict(), "candidates": candidates})
             store.set_meta("candidates", candidates)
@@ -200,7 +203,8 @@ def summary(path: str | Path, k: int = 5) -> str:
     best = data.best(k, distinct=True)
     seen = df["fingerprint"].value_counts()
     for rank, (_, row) in enumerate(best.iterrows(), start=1):
-        eq = Program.from_json(row["program"]).equation()
+        eq = Program.from_record(row["program"], f"run {store_path(path)}, candidate "
+                                 f"{int(row['id'])}").equation()
         lines.append(f"{rank:>4} {int(row['id']):>6} {row['fitness']:>8.3f} "
                      f"{seen[row['fingerprint']]:>5}  {eq}")
     if not data.rescores.empty:

@@ -211,15 +211,21 @@ def _loads(text: Any) -> Any:
         return None
 
 
-def _record(row: tuple) -> CandidateRecord:
+def _record(row: tuple, path: Path) -> CandidateRecord:
     r = dict(zip(_COLUMNS, row, strict=True))
-    return CandidateRecord(
-        proposal=r["proposal"], parent_id=r["parent_id"], program_json=r["program"],
-        fingerprint=r["fingerprint"], status=r["status"], reason=r["reason"],
-        scores=json.loads(r["scores"]), fitness=math.nan if r["fitness"] is None else r["fitness"],
-        steps=r["steps"] or 0, wall_time=r["wall_time"] or 0.0, mutation=r["mutation"],
-        worker=r["worker"], proposed_at=r["proposed_at"] or 0.0,
-        finished_at=r["finished_at"] or 0.0, id=r["id"])
+    scores = _loads(r["scores"])
+    try:
+        if not isinstance(scores, dict):
+            raise StoreError(f"its scores {str(r['scores'])[:60]!r} are not a JSON object")
+        return CandidateRecord(  # validates every field
+            proposal=r["proposal"], parent_id=r["parent_id"], program_json=r["program"],
+            fingerprint=r["fingerprint"], status=r["status"], reason=r["reason"],
+            scores=scores, fitness=math.nan if r["fitness"] is None else r["fitness"],
+            steps=r["steps"] or 0, wall_time=r["wall_time"] or 0.0, mutation=r["mutation"],
+            worker=r["worker"], proposed_at=r["proposed_at"] or 0.0,
+            finished_at=r["finished_at"] or 0.0, id=r["id"])
+    except StoreError as e:
+        raise StoreError(f"run {str(path)!r} is damaged: candidate {r['id']}: {e}") from None
 
 
 class RunStore:
@@ -345,14 +351,17 @@ class RunStore:
         except sqlite3.DatabaseError as e:
             if "not a database" in str(e) or "encrypted" in str(e):
                 raise StoreError(f"{not_run} (not an SQLite database)") from None
-            raise StoreError(f"cannot read {str(path)!r}: {e}") from None
+            raise StoreError(f"run {str(path)!r} is damaged or not readable: {e}") from None
         if not has_meta:
             raise StoreError(f"{not_run} (SQLite, but it has no meta table)")
 
         value = {k: _loads(v) for k, v in rows.items()}.get
         if value("format") != FORMAT:
-            raise StoreError(f"{not_run} (meta format is {rows.get('format')!r}, "
-                             f"expected {FORMAT!r})")
+            raw = rows.get("format")
+            got = (f"{raw!r}, not JSON-encoded" if raw is not None and _loads(raw) is None
+                   else repr(value("format")))
+            raise StoreError(f"{not_run} (meta format is {got}; an evorl_nb run stores "
+                             f"{json.dumps(FORMAT)!r})")
         version = value("format_version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise StoreError(f"{not_run} (format_version {rows.get('format_version')!r} is not "
@@ -363,6 +372,32 @@ class RunStore:
         missing = [k for k in ("config", "seed", "created_at") if k not in rows]
         if missing:
             raise StoreError(f"{not_run} (meta lacks {', '.join(missing)})")
+        damaged = f"run {str(path)!r} is damaged"
+        if not isinstance(value("config"), dict):
+            raise StoreError(f"{damaged}: its config is not a JSON object "
+                             f"({str(rows['config'])[:60]!r})")
+        seed = value("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise StoreError(f"{damaged}: its seed is not an integer ({rows['seed']!r})")
+        if not isinstance(value("created_at"), (int, float)):
+            raise StoreError(f"{damaged}: created_at is not a number ({rows['created_at']!r})")
+        try:
+            tables = {name: {c[1] for c in conn.execute(f"PRAGMA table_info({name})")}
+                      for name in ("candidates", "rescores")}
+            for name, columns in (("candidates", _COLUMNS), ("rescores", RESCORE_COLUMNS)):
+                if not tables[name] and name == "rescores":
+                    continue  # made by the first re-scoring
+                lacking = [c for c in columns if c not in tables[name]]
+                if lacking:
+                    what = (f"it has no {name} table" if not tables[name] else
+                            f"its {name} table lacks column(s) {', '.join(lacking)}")
+                    raise StoreError(f"{damaged}: {what}")
+            check = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{damaged}: {e}") from None
+        if check != ["ok"]:
+            raise StoreError(f"{damaged} (SQLite quick_check: {'; '.join(check)[:300]}); "
+                             "restore it from a copy, or start a new run")
 
     # --- helpers -----------------------------------------------------------------------
     def _db(self, write: bool = False) -> sqlite3.Connection:
@@ -389,7 +424,10 @@ class RunStore:
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
-            return self._db().execute(sql, args).fetchall()
+            try:
+                return self._db().execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as e:  # a page damaged after the open-time check
+                raise StoreError(f"run {str(self.path)!r} is damaged or unreadable: {e}") from None
 
     # --- candidates --------------------------------------------------------------------
     def add(self, rec: CandidateRecord, exist_ok: bool = False) -> int:
@@ -424,7 +462,7 @@ class RunStore:
     def candidates(self) -> list[CandidateRecord]:
         """All recorded candidates, in id order."""
         rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM candidates ORDER BY id")
-        return [_record(r) for r in rows]
+        return [_record(r, self.path) for r in rows]
 
     def count(self) -> int:
         """Number of recorded candidates."""

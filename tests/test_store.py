@@ -288,7 +288,10 @@ def test_sigkill_loses_no_committed_candidate(path):
         printed += [int(proc.stdout.readline()) for _ in range(20)]
     finally:
         proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
+        proc.wait(30)
+    # read on through proc.stdout's own buffer (communicate() would skip lines readline()
+    # had already buffered)
+    out, err = proc.stdout.read(), proc.stderr.read()
     assert proc.returncode == -signal.SIGKILL, err
     printed += [int(line) for line in out.split()]
     assert printed == list(range(1, len(printed) + 1))
