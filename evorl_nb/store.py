@@ -412,11 +412,16 @@ class RunStore:
     def _write(self, fn):
         with self._lock:
             conn = self._db(write=True)
-            conn.execute("BEGIN IMMEDIATE")
             try:
+                conn.execute("BEGIN IMMEDIATE")
                 out = fn(conn)
                 conn.execute("COMMIT")
                 return out
+            except sqlite3.OperationalError as e:  # disk full, read-only medium, I/O error
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"cannot write run {str(self.path)!r}: {e}; what was "
+                                 "recorded before is kept (resume once it can be written)") from None
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
