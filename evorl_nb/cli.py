@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--seeds", type=_count, default=None, help="override the budget's seeds")
     x.add_argument("--envs", nargs="+", default=None, help="override the experiment's envs")
     x.add_argument("--algorithms", nargs="+", default=None,
-                   help="override the experiment's losses (library names)")
+                   help="override the experiment's losses (library names or program .json files)")
     x.add_argument("--workers", type=_count, default=None,
                    help="worker processes of a search (default: one per core)")
     x.add_argument("--no-figures", action="store_true", help="skip the PNG export")
@@ -432,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"evorl-nb: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as shell tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 1
     except OSError as e:  # a path that cannot be read or written (--out under a file, ...)
         where = f" {e.filename!r}" if e.filename else ""
         print(f"evorl-nb: error: cannot use{where}: {e.strerror or e}", file=sys.stderr)

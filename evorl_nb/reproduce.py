@@ -164,10 +164,13 @@ def run(experiment: str, budget: str = "ci", out: str | Path | None = None, *,
     if algorithms:
         from evorl_nb import library
 
-        unknown = [a for a in algorithms if a not in library.names()]
+        unknown = [a for a in algorithms if a not in library.names() and not Path(a).is_file()]
         if unknown:
             raise KeyError(f"unknown algorithm(s) {', '.join(unknown)}; known: "
-                           f"{', '.join(library.names())}")
+                           f"{', '.join(library.names())}, or a program .json file")
+        if exp.kind != "search":
+            for a in algorithms:
+                loss_program(a)  # a bad program file fails here, before any training
         exp = replace(exp, algorithms=tuple(algorithms))
     env_ids = tuple(get_spec(e).env_id for e in (envs or exp.envs))
     folder = Path(out if out is not None else RESULTS / budget) / experiment
@@ -179,7 +182,7 @@ def run(experiment: str, budget: str = "ci", out: str | Path | None = None, *,
                    + (f" --seeds {seeds}" if seeds else "")
                    + (f" --envs {' '.join(envs)}" if envs else "")
                    + (f" --algorithms {' '.join(algorithms)}" if algorithms else ""),
-        "envs": list(env_ids), "algorithms": list(exp.algorithms)}
+        "envs": list(env_ids), "algorithms": [label(a) for a in exp.algorithms]}
     if exp.kind == "search":
         # the paper budget searches on the paper's envs with its hurdle, unless told otherwise
         search_envs = None if budget == "paper" and not envs else env_ids
@@ -197,6 +200,25 @@ def run(experiment: str, budget: str = "ci", out: str | Path | None = None, *,
                  "machine": platform.machine(), "cpus": os.cpu_count()})
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
     return folder
+
+
+def loss_program(spec: str):
+    """An experiment's loss: a library name, or the path of a program JSON file (a program
+    found by a search, written by ``evorl-nb export RUN --format json``)."""
+    from evorl_nb import library
+    from evorl_nb.program import Program
+
+    if spec in library.names():
+        return library.get(spec)
+    return Program.from_record(Path(spec).read_text(), spec)
+
+
+def label(spec: str) -> str:
+    """The name an experiment's tables and figures give a loss: the library name, or the
+    program file's stem."""
+    from evorl_nb import library
+
+    return spec if spec in library.names() else Path(spec).stem
 
 
 def trainer_config(budget: str):
@@ -233,19 +255,19 @@ def _train(exp: Experiment, config, env_ids, n_seeds: int, folder: Path, progres
         if exp.kind == "cases":  # one agent at a time, its loss wrapped to record the cases
             results = []
             for (alg, seed), train_seed in zip(jobs, seeds, strict=True):
-                tracker = BranchTracker(library.get(alg))
+                tracker = BranchTracker(loss_program(alg))
                 results.append(train(tracker, spec.env_id, config, seed=train_seed))
-                cases += tracker.rows(config, alg=alg, env=spec.env_id, seed=seed)
+                cases += tracker.rows(config, alg=label(alg), env=spec.env_id, seed=seed)
                 if bar is not None:
                     bar.update(1)
         else:  # every algorithm x seed of this env as one batch
-            results = train_population([library.get(a) for a, _ in jobs], spec.env_id, config,
+            results = train_population([loss_program(a) for a, _ in jobs], spec.env_id, config,
                                        seeds=seeds)
             if bar is not None:
                 bar.update(1)
         for (alg, seed), r in zip(jobs, results, strict=True):
             fs = config.failure_score
-            runs.append({"algorithm": alg, "env": spec.env_id, "seed": seed,
+            runs.append({"algorithm": label(alg), "env": spec.env_id, "seed": seed,
                          "score_all": r.score(spec, "all", fs),
                          "score_last50": r.score(spec, "last50", fs),
                          "failed": r.failed, "reason": r.reason or "", "steps": r.steps,
@@ -253,14 +275,14 @@ def _train(exp: Experiment, config, env_ids, n_seeds: int, folder: Path, progres
             norm = spec.normalize(r.returns) if r.episodes else []
             for i in thin(len(r.episodes)):
                 e, n = r.episodes[i], norm[i]
-                episodes.append({"algorithm": alg, "env": spec.env_id, "seed": seed,
+                episodes.append({"algorithm": label(alg), "env": spec.env_id, "seed": seed,
                                  "episode": e.episode, "step": e.step, "return": e.ret,
                                  "normalized": float(n), "q_initial": e.q_initial,
                                  "discounted_return": e.discounted_return})
     if bar is not None:
         bar.close()
     summary = []
-    for alg in exp.algorithms:
+    for alg in map(label, exp.algorithms):
         for env_id in env_ids:
             rows = [r for r in runs if r["algorithm"] == alg and r["env"] == env_id]
             m_all, c_all = ci95([r["score_all"] for r in rows])

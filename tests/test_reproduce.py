@@ -205,3 +205,24 @@ def test_overrides_and_the_long_budget(tmp_path):
     assert long.max_steps is None and long.max_eps_decay_steps is None
     assert long.hidden == reproduce.trainer_config("quick").hidden
     assert reproduce.trainer_config("paper").hidden == (256, 256)
+
+
+def test_an_experiment_takes_a_found_program_file_and_labels_it_by_its_stem(tmp_path):
+    """A search's program, exported as JSON, runs in an experiment beside the library's, and
+    trains as the same loss would under its library name (same seeds: same scores)."""
+    from evorl_nb import library
+
+    found = tmp_path / "found_reg.json"
+    found.write_text(library.get("dqn_reg").to_json())
+    folder = reproduce.run("training", "ci", tmp_path / "out", seeds=1, envs=("CartPole-v0",),
+                           algorithms=("dqn_reg", str(found)), progress=False)
+    data = reproduce.load(folder)
+    assert data["meta"]["algorithms"] == ["dqn_reg", "found_reg"]
+    runs = data["runs"].set_index("algorithm")
+    assert runs.loc["found_reg", "score_all"] == pytest.approx(runs.loc["dqn_reg", "score_all"])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"nodes": []}')
+    with pytest.raises(Exception, match="bad.json"):  # refused before any training
+        reproduce.run("training", "ci", tmp_path / "out2", algorithms=(str(bad),),
+                      progress=False)
+    assert not (tmp_path / "out2" / "training" / "runs.csv").exists()
