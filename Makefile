@@ -40,8 +40,9 @@ device-wheels: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check evorl_nb tests
 
+# As root (containers) JupyterLab refuses to start without --allow-root.
 lab: $(VENV)/.installed
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $$(test "$$(id -u)" = 0 && echo --allow-root)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build dist *.egg-info

@@ -87,8 +87,15 @@ def resume(out: str | Path, *, backend: str = "inprocess", workers: int | None =
                                                 "candidates": store.get_meta("candidates")})
         evo = Evolution(config, store.seed)
         evo.replay(store.candidates())
-        drive(store, evo, backend, workers=workers, timeout=timeout, address=address,
-              evaluator=evaluator, progress=progress, verbose=False)
+        if evo.done:  # nothing to train: say so rather than spin up workers
+            if verbose:
+                print(f"run {path} is complete: {evo.recorded} of {config.candidates} "
+                      "candidates recorded (raise the budget with --candidates N)")
+            if not store.get_meta("finished"):
+                store.set_meta("finished", True)
+        else:
+            drive(store, evo, backend, workers=workers, timeout=timeout, address=address,
+                  evaluator=evaluator, progress=progress, verbose=False)
     finally:
         store.close()
     _finish(path, backend, workers, timeout, address, progress, verbose)

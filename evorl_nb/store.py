@@ -594,9 +594,12 @@ class RunData:
 
 
 def load_run(path: str | Path) -> RunData:
-    """Read a run (read-only; safe while another process writes it) into a :class:`RunData`."""
+    """Read a run (its folder or its ``run.sqlite``; read-only, safe while another process
+    writes it) into a :class:`RunData`."""
     import pandas as pd
 
+    if Path(path).is_dir():
+        path = store_path(path)
     with RunStore.open(path, readonly=True) as store:
         recs = store.candidates()
         meta = {k: json.loads(v) for k, v in store._read("SELECT key, value FROM meta")

@@ -302,3 +302,14 @@ def test_inprocess_backend_streams_deterministically(tmp_path):
     held = a.loc[a.status == "trained", "score:in_flight"]
     assert held.max() == 3 and (a.loc[a.status == "trained", "worker"] == "main").all()
     assert list(a.proposal) == list(b.proposal) and list(a.fitness) == list(b.fitness)
+
+
+def test_resume_of_a_complete_run_says_so_and_writes_nothing(tmp_path, capsys):
+    path = start(tmp_path / "done", tiny(candidates=6), seed=0, evaluator=FakeEvaluator(),
+                 progress=False, verbose=False)
+    before = path.read_bytes()
+    resume(path.parent, evaluator=FakeEvaluator(), progress=False, verbose=True)
+    out = capsys.readouterr().out
+    assert "is complete: 6 of 6 candidates recorded" in out
+    assert path.read_bytes() == before
+    assert len(load_run(path.parent).candidates) == 6  # load_run takes the folder too
