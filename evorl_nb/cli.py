@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     from evorl_nb.evolve import preset_names, preset_summaries
     from evorl_nb.export import FORMATS
 
-    parser = argparse.ArgumentParser(prog="evorl-nb", description=__doc__.split("\n")[0])
+    title = __doc__.split("\n")[0].replace("``", "")  # no reStructuredText marks in --help
+    parser = argparse.ArgumentParser(prog="evorl-nb", description=title)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("programs", help="list the library programs").set_defaults(func=_programs)
     p = sub.add_parser("program", help="show a program (library name or JSON file)")

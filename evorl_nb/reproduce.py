@@ -235,7 +235,6 @@ def trainer_config(budget: str):
 def _train(exp: Experiment, config, env_ids, n_seeds: int, folder: Path, progress: bool) -> None:
     """Train the experiment's algorithms x seeds on each env; write runs, summary, episodes
     (and, for the "cases" kind, cases.csv)."""
-    from evorl_nb import library
     from evorl_nb.dqn import train
     from evorl_nb.envs import get_spec
     from evorl_nb.evaluate import env_seed

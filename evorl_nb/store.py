@@ -31,7 +31,8 @@ try:
 except ImportError:  # Windows: no advisory file locks; one writer is up to the user there
     fcntl = None
 
-__all__ = ["RunStore", "CandidateRecord", "StoreError", "RunLocked", "load_run", "RunData", "FORMAT",
+__all__ = ["RunStore", "CandidateRecord", "StoreError", "RunLocked", "load_run", "RunData",
+           "FORMAT",
            "RESCORE_COLUMNS", "STORE_NAME", "store_path",
            "FORMAT_VERSION", "STATUSES", "EVALUATED"]
 
@@ -80,6 +81,37 @@ def store_path(out: str | Path) -> Path:
     """The store file of a run folder (or the file itself if ``out`` is one)."""
     out = Path(out)
     return out if out.suffix == ".sqlite" else out / STORE_NAME
+
+
+def _unpacked(packed: Path) -> Path:
+    """A gzipped run store (``run.sqlite.gz``: how large finished runs are committed, about
+    14x smaller) decompressed once into the user's cache, keyed by its path, size and
+    modification time; readers open that copy."""
+    import gzip
+    import hashlib
+    import shutil
+    import tempfile
+
+    st = packed.stat()
+    key = hashlib.sha1(f"{packed.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = base / "evorl_nb" / "runs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir()) / f"evorl_nb-runs-{os.getuid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{key[:16]}.sqlite"
+    if not target.exists():
+        part = folder / f"{key[:16]}.{os.getpid()}.part"
+        try:
+            with gzip.open(packed, "rb") as src, open(part, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(part, target)  # atomic: a reader never sees half a file
+        except (OSError, EOFError) as e:
+            part.unlink(missing_ok=True)
+            raise StoreError(f"cannot decompress run {str(packed)!r}: {e}") from None
+    return target
 
 
 def lock_path(path: str | Path) -> Path:
@@ -311,6 +343,12 @@ class RunStore:
         missing, empty, not an evorl_nb run, or of a newer format version; RunLocked when
         opening to write a run another process is writing (one writer per run, any readers)."""
         path = Path(path)
+        packed = Path(f"{path}.gz")
+        if not path.exists() and packed.is_file():  # a committed, compressed run
+            if not readonly:
+                raise StoreError(f"run {str(path)!r} is stored compressed; `gunzip -k "
+                                 f"{packed}` to resume or re-score it (reading works as is)")
+            path = _unpacked(packed)
         if not path.exists():
             raise StoreError(f"no run file at {str(path)!r}; start a run with `evorl-nb evolve "
                              "--out FOLDER` (or RunStore.create(path, config, seed))")
@@ -420,8 +458,8 @@ class RunStore:
             except sqlite3.OperationalError as e:  # disk full, read-only medium, I/O error
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise StoreError(f"cannot write run {str(self.path)!r}: {e}; what was "
-                                 "recorded before is kept (resume once it can be written)") from None
+                raise StoreError(f"cannot write run {str(self.path)!r}: {e}; what was recorded "
+                                 "before is kept (resume once it can be written)") from None
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -600,7 +638,7 @@ def load_run(path: str | Path) -> RunData:
 
     if Path(path).is_dir():
         path = store_path(path)
-    with RunStore.open(path, readonly=True) as store:
+    with RunStore.open(path, readonly=True) as store:  # a run.sqlite.gz is read as it is
         recs = store.candidates()
         meta = {k: json.loads(v) for k, v in store._read("SELECT key, value FROM meta")
                 if k not in _RESERVED}

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from fakes import FakeEvaluator
 
 from evorl_nb import library
 from evorl_nb.backends import LocalBackend
 from evorl_nb.store import RunStore, load_run
-from fakes import FakeEvaluator
 
 TESTS = Path(__file__).parent
 
@@ -213,7 +213,8 @@ def test_cli_resume_and_rescore_refuse_a_run_being_written(finished_run):
         holder.kill()
         holder.wait()
     with RunStore.open(finished_run, readonly=True) as s:
-        assert s.count() == 6 and s.get_meta("candidates") is None  # the refused resume wrote nothing
+        # the refused resume wrote nothing
+        assert s.count() == 6 and s.get_meta("candidates") is None
 
 
 # ------------------------------------------------------------------------------ flags
@@ -549,6 +550,6 @@ def test_damaged_run_stores_are_refused_by_show_and_resume_with_a_named_error(na
         return
     with pytest.raises(Exception) as info:
         load_run(folder / "run.sqlite")
-    from evorl_nb.store import StoreError
     from evorl_nb.program import ProgramError
+    from evorl_nb.store import StoreError
     assert isinstance(info.value, (StoreError, ProgramError, ValueError)), info.value

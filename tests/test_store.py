@@ -308,3 +308,30 @@ def test_sigkill_loses_no_committed_candidate(path):
     assert set(printed) <= set(ids)
     assert run.candidates["id"].tolist() == ids
     assert pd.api.types.is_integer_dtype(run.candidates["steps"])
+
+
+def test_a_gzipped_run_is_read_as_it_is_and_refused_for_writing(tmp_path, monkeypatch):
+    """How large finished runs are committed: run.sqlite.gz. Readers (load_run, show) read it
+    through a cached copy; writers are told to gunzip it."""
+    import gzip
+
+    from evorl_nb.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "run"
+    with RunStore.create(folder / "run.sqlite", config={"envs": ["CartPole-v0"]}, seed=0) as s:
+        for i in range(3):
+            s.add(CandidateRecord(f"p{i:06d}", None, "{}", f"fp{i}", "trained", None,
+                                  {"CartPole-v0": 0.1 * i}, 0.1 * i))
+    raw = (folder / "run.sqlite").read_bytes()
+    (folder / "run.sqlite.gz").write_bytes(gzip.compress(raw))
+    (folder / "run.sqlite").unlink()
+    assert list(load_run(folder).candidates.fitness.round(3)) == [0.0, 0.1, 0.2]
+    assert len(load_run(folder / "run.sqlite").candidates) == 3  # again, from the cache
+    assert len(list((tmp_path / "cache" / "evorl_nb" / "runs").glob("*.sqlite"))) == 1
+    with pytest.raises(StoreError, match="stored compressed; `gunzip -k"):
+        RunStore.open(folder / "run.sqlite")
+    assert main(["resume", str(folder)]) == 2
+    (folder / "run.sqlite.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(StoreError, match="cannot decompress run"):
+        load_run(folder)
