@@ -189,8 +189,8 @@ from evorl_nb.store import load_run
 from evorl_nb.viz.evolution import fitness_figure
 
 SEARCHES = _repo_root() / "docs" / "results" / "search"
-runs = {name: SEARCHES / name for name in ("dqnreg", "scratch")
-        if (SEARCHES / name / "run.sqlite").exists()}
+runs = {name: SEARCHES / name for name in ("dqnreg", "scratch")  # run.sqlite, or committed .gz
+        if any((SEARCHES / name).glob("run.sqlite*"))}
 for name, run in runs.items():
     data = load_run(run)
     rates = data.rates()
