@@ -201,7 +201,6 @@ def test_cli_exports_a_library_program_and_a_json_file(tmp_path: Path, capsys):
     assert "\\delta" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not (DQNREG_RUN / "run.sqlite").exists(), reason="committed run store")
 def test_cli_exports_the_nth_program_of_a_rescored_run(tmp_path: Path, capsys):
     from evorl_nb.cli import main
     from evorl_nb.rescore import ranking
