@@ -93,6 +93,18 @@ class EvolutionConfig:
         fixed.setdefault("batch", 1)  # runs saved before batches trained one at a time
         return cls(**fixed)
 
+    @classmethod
+    def from_run(cls, store) -> "EvolutionConfig":
+        """The validated config a run store holds (for ``resume`` and ``rescore``); a
+        StoreError naming the run if this evorl_nb cannot run it."""
+        from evorl_nb.store import StoreError
+
+        try:
+            return cls.from_dict(store.config).validate()
+        except (ValueError, TypeError) as e:
+            raise StoreError(f"run {store.path} has a config this evorl_nb cannot run: "
+                             f"{e}") from None
+
     def replace(self, **changes: Any) -> "EvolutionConfig":
         """A copy with ``changes``; unknown field names are a :class:`ConfigError`."""
         names = {f.name for f in fields(self)}

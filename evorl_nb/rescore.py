@@ -32,7 +32,7 @@ from evorl_nb.envs import get_spec
 from evorl_nb.evolve import EvolutionConfig, ProgramEvaluator
 from evorl_nb.program import Program
 from evorl_nb.stats import ci95, paired_ci95
-from evorl_nb.store import RunStore, StoreError, load_run, store_path
+from evorl_nb.store import RunStore, load_run, store_path
 
 __all__ = ["rescore", "ranking", "ranked_program", "REFERENCES", "FIRST_SEED", "DEFAULT_TOP", "DEFAULT_SEEDS"]
 
@@ -76,10 +76,7 @@ def rescore(run: str | Path, *, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SEE
     path = store_path(run)
     store = RunStore.open(path)
     try:
-        try:
-            config = EvolutionConfig.from_dict(store.config).validate()
-        except (ValueError, TypeError) as e:
-            raise StoreError(f"run {path} has a config this evorl_nb cannot run: {e}") from None
+        config = EvolutionConfig.from_run(store)
         if first_seed <= config.eval_seed < first_seed + seeds:
             raise ValueError(f"rescore: seeds {first_seed}..{first_seed + seeds - 1} include "
                              f"the search's eval_seed {config.eval_seed}; pick another first_seed")

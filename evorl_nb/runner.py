@@ -22,7 +22,7 @@ from typing import Callable
 
 from evorl_nb.backends import make_backend
 from evorl_nb.evolve import Evolution, EvolutionConfig, Outcome, ProgramEvaluator, Proposal, get_preset
-from evorl_nb.store import STORE_NAME, CandidateRecord, RunStore, StoreError, store_path
+from evorl_nb.store import STORE_NAME, CandidateRecord, RunStore, store_path
 
 __all__ = ["start", "resume", "drive", "store_path", "summary", "STORE_NAME"]
 
@@ -75,10 +75,7 @@ def resume(out: str | Path, *, backend: str = "inprocess", workers: int | None =
     path = store_path(out)
     store = RunStore.open(path)
     try:
-        try:
-            config = EvolutionConfig.from_dict(store.config).validate()
-        except (ValueError, TypeError) as e:
-            raise StoreError(f"run {path} has a config this evorl_nb cannot run: {e}") from None
+        config = EvolutionConfig.from_run(store)
         if candidates is not None:
             config = EvolutionConfig.from_dict({**config.to_dict(), "candidates": candidates})
             store.set_meta("candidates", candidates)
