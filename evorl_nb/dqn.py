@@ -32,8 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from evorl_nb.conditioning import ill_conditioned
 from evorl_nb.envs import EnvSpec, get_spec, make_env
-from evorl_nb.program import Batch
+from evorl_nb.program import Batch, Program
 from evorl_nb.streams import Stream, agent_seeds
 
 __all__ = ["DQNConfig", "get_config", "config_names", "train", "TrainResult", "EpisodeRecord",
@@ -306,6 +307,10 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
     episodes_budget, steps_budget = _budget(config, spec)
     decay = _eps_decay(config, spec)
     result = TrainResult(spec.env_id, seed)
+    if isinstance(loss, Program) and (why := ill_conditioned(loss)):
+        env.close()
+        result.failed, result.reason = True, f"{why} at step 0"
+        return result
     start = time.perf_counter()
     bar, by_steps = None, True
     if progress:

@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 from evorl_nb import lossvm
+from evorl_nb.conditioning import ill_conditioned
 from evorl_nb.dqn import (
     DQNConfig,
     EpisodeRecord,
@@ -926,6 +927,10 @@ class Population:
                             "loss callable)")
         key = self._added if key is None else key
         self._added += 1
+        if why := ill_conditioned(program):  # failed before it trains, as dqn.train does
+            self._done.append((key, TrainResult(self.spec.env_id, int(seed), failed=True,
+                                                reason=f"{why} at step 0")))
+            return key
         seeds = agent_seeds(seed)
         self.queue.append(_Agent(key, program, int(seed), TrainResult(self.spec.env_id, int(seed)),
                                  seeds, torch.Generator().manual_seed(seeds.net)))
@@ -943,8 +948,9 @@ class Population:
 
     @property
     def idle(self) -> bool:
-        """True when nothing is training or queued."""
-        return not self.queue and not self.active.any()
+        """True when nothing is training, queued, or finished and not yet returned by
+        :meth:`advance`."""
+        return not self.queue and not self.active.any() and not self._done
 
     # --- training ------------------------------------------------------------------------
 

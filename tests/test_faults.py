@@ -553,3 +553,43 @@ def test_damaged_run_stores_are_refused_by_show_and_resume_with_a_named_error(na
     from evorl_nb.program import ProgramError
     from evorl_nb.store import StoreError
     assert isinstance(info.value, (StoreError, ProgramError, ValueError)), info.value
+
+
+FULL_DISK_SCRIPT = """
+import resource, signal, sys
+sys.path.insert(0, {tests!r})
+from fakes import FakeEvaluator
+from evorl_nb.evolve import get_preset
+from evorl_nb.runner import start
+from evorl_nb.store import StoreError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+cfg = get_preset("ci", population=8, tournament=3, candidates={n}, envs=("CartPole-v0",),
+                 hurdle=None, trainer="ci", batch=1)
+try:
+    start({out!r}, cfg, seed=3, evaluator=FakeEvaluator(), progress=False, verbose=False)
+except StoreError as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_a_full_disk_stops_the_search_with_a_named_error_and_resume_finishes_it(tmp_path):
+    """The OS refuses the store's writes part-way (a file-size limit: the same failed
+    write(2) a full disk gives): the driver stops with "cannot write run", exit 2, keeps
+    every candidate committed before, and `resume` with room again finishes the budget with
+    no gap and no double."""
+    from evorl_nb.runner import resume
+
+    out, n = tmp_path / "run", 120
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT.format(
+        tests=str(TESTS), out=str(out), n=n, limit=150_000)], capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot write run" in proc.stderr and "Traceback" not in proc.stderr
+    kept = load_run(out).candidates
+    assert 0 < len(kept) < n and list(kept.id) == list(range(1, len(kept) + 1))
+    resume(out, evaluator=FakeEvaluator(), progress=False, verbose=False)
+    df = load_run(out).candidates
+    assert len(df) == n and df.proposal.is_unique and list(df.id) == list(range(1, n + 1))
+    assert df.iloc[:len(kept)].equals(kept)  # what was kept is unchanged
