@@ -23,8 +23,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from evorl_nb import library
 from evorl_nb.program import Program, ProgramError
 from evorl_nb.store import StoreError
@@ -92,7 +90,9 @@ def _reproduce(args) -> int:
             print(f"{r['rank']:>6} {r.score:>6.3f} {r.proposed:>8}  {r.simplified}  [{r.family}]")
     if not args.no_figures:
         try:
-            for path in reproduce.save_figures(data):
+            from evorl_nb.viz.experiments import save_figures
+
+            for path in save_figures(data):
                 print(f"figure: {path}")
         except Exception as e:  # no Chromium or kaleido: the tables are still written
             print(f"evorl-nb reproduce: figures not exported ({type(e).__name__}: {e})",
@@ -108,17 +108,45 @@ def _programs(_args) -> int:
     return 0
 
 
+def _is_run(spec: str) -> bool:
+    """True if ``spec`` names a run: a folder, or a run.sqlite(.gz) file."""
+    path = Path(spec)
+    return path.is_dir() or path.name.endswith((".sqlite", ".sqlite.gz"))
+
+
+def _pick(spec: str, rank: int | None) -> tuple[Program, str | None]:
+    """A program from a library name or JSON file, or the ``rank``-th of a run (default 1),
+    with a line saying where that one ranks."""
+    if not _is_run(spec):
+        if rank is not None:
+            raise ValueError(f"--rank picks a program from a run folder; {spec!r} is not one")
+        return load_program(spec), None
+    from evorl_nb.rescore import ranked_program
+
+    return ranked_program(spec, 1 if rank is None else rank)
+
+
 def _program(args) -> int:
-    prog = load_program(args.program)
+    prog, how = _pick(args.program, args.rank)
+    if args.out is not None:
+        try:
+            Path(args.out).write_text(prog.to_json(indent=2) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"cannot write {args.out!r}: {e.strerror}") from None
+        print(f"wrote {args.out}" + (f" ({how})" if how else ""), file=sys.stderr)
+        return 0
     if args.json:
         print(prog.to_json(indent=2))
         return 0
     print(f"program      {prog.name or args.program}")
+    if how:
+        print(f"from         {how}")
     print(f"equation     {prog.equation(latex=args.latex)}")
     print(f"exact        {prog.to_sympy()}")
     print(f"nodes        {len(prog.nodes)} ({len(prog.prune().nodes)} live)")
-    print(f"fingerprint  {prog.fingerprint()}")
     print(f"structure    {prog.structural_hash()}")
+    if args.fingerprint:
+        print(f"fingerprint  {prog.fingerprint()}")
     return 0
 
 
@@ -134,38 +162,87 @@ def _envs(_args) -> int:
 
 
 def _evaluate(args) -> int:
-    from evorl_nb.evaluate import evaluate
+    from evorl_nb.evaluate import evaluate_batch
+    from evorl_nb.stats import ci95, paired_ci95
 
-    prog = load_program(args.program)
+    progs = [load_program(spec) for spec in args.program]
+    names = [p.name or spec for p, spec in zip(progs, args.program, strict=True)]
+    if len(set(names)) < len(names):
+        raise ValueError(f"--program names a loss twice: {', '.join(names)}")
     hurdle = None if args.hurdle is None else (args.hurdle, args.hurdle_threshold)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    jobs = [(k, seed) for k in range(len(progs)) for seed in seeds]
+    progress = args.progress or (not args.json and sys.stderr.isatty() and not args.quiet)
+    # every program and seed trains at once on the population trainer (one batch per env)
+    results = evaluate_batch([progs[k] for k, _ in jobs], args.env, args.preset,
+                             seeds=seeds * len(progs), hurdle=hurdle, window=args.window,
+                             progress=progress)
     runs = []
-    for seed in range(args.seed, args.seed + args.seeds):
-        r = evaluate(prog, args.env, args.preset, seed=seed, hurdle=hurdle, window=args.window,
-                     progress=args.progress)
+    for (k, seed), r in zip(jobs, results, strict=True):
         for env_id, sc in r.scores.items():
-            runs.append({"program": prog.name or args.program, "env": env_id, "seed": seed,
+            runs.append({"program": names[k], "env": env_id, "seed": seed,
                          "score": sc.score, "score_all": sc.score_all,
                          "score_last50": sc.score_last50, "episodes": len(sc.run.episodes),
                          "steps": sc.run.steps, "wall_time": round(sc.run.wall_time, 2),
                          "failed": sc.run.failed, "reason": sc.run.reason,
-                         "last_return": float(sc.run.returns[-1]) if sc.run.episodes else None})
+                         "last_return": float(sc.run.returns[-1]) if sc.run.episodes else None,
+                         "fitness": r.fitness})
         if r.stopped:
             runs[-1]["stopped"] = r.stopped
+    envs = list(dict.fromkeys(r["env"] for r in runs))
+    table = []
+    for name in names:
+        mine = [r for r in runs if r["program"] == name]
+        row = {"program": name}
+        for env_id in envs:
+            row[env_id] = ci95([r["score"] for r in mine if r["env"] == env_id])
+        fitness = [next(r["fitness"] for r in mine if r["seed"] == s) for s in seeds]
+        row["fitness"] = ci95(fitness)
+        if name != names[0]:
+            base = [next(r["fitness"] for r in runs if r["program"] == names[0] and
+                         r["seed"] == s) for s in seeds]
+            row["vs_first"] = paired_ci95(fitness, base)
+        table.append(row)
     if args.json:
-        print(json.dumps({"program": prog.to_dict(), "preset": args.preset, "window": args.window,
-                          "runs": runs}, indent=2))
+        print(json.dumps({"programs": {n: p.to_dict() for n, p in zip(names, progs, strict=True)},
+                          "preset": args.preset, "window": args.window, "runs": runs,
+                          "comparison": table}, indent=2))
         return 0
-    print(f"program {prog.name or args.program}: {prog.equation()}   preset {args.preset}, "
-          f"score = mean normalized return over {args.window} episodes")
-    print(f"{'env':<34} {'seed':>4} {'score':>6} {'episodes':>8} {'steps':>7} {'secs':>6}  note")
+    for name, prog in zip(names, progs, strict=True):
+        print(f"{name}: {prog.equation()}")
+    print(f"preset {args.preset}; score = normalized return (0 = Rmin, 1 = Rmax) averaged over "
+          f"{'all' if args.window == 'all' else 'the last 50'} training episodes")
+    width = max(34, *map(len, envs))
+    pw = max(7, *map(len, names))
+    print(f"{'program':<{pw}} {'env':<{width}} {'seed':>4} {'score':>6} {'episodes':>8} "
+          f"{'steps':>7} {'secs':>6}  note")
     for r in runs:
         note = r["reason"] or r.get("stopped") or ""
-        print(f"{r['env']:<34} {r['seed']:>4} {r['score']:>6.3f} {r['episodes']:>8} "
-              f"{r['steps']:>7} {r['wall_time']:>6.1f}  {note}")
-    for env_id in dict.fromkeys(r["env"] for r in runs):
-        scores = np.array([r["score"] for r in runs if r["env"] == env_id])
-        print(f"{env_id:<34} mean {scores.mean():.3f} +- {scores.std():.3f} (std over "
-              f"{len(scores)} seed{'s' if len(scores) > 1 else ''})")
+        print(f"{r['program']:<{pw}} {r['env']:<{width}} {r['seed']:>4} {r['score']:>6.3f} "
+              f"{r['episodes']:>8} {r['steps']:>7} {r['wall_time']:>6.1f}  {note}")
+    n = len(seeds)
+    print(f"\nmean ± 95% CI over {n} seed{'s' if n > 1 else ''} (no interval from one seed)"
+          + ("; vs first = paired difference of the fitness to the first program, * where it "
+             "is outside the noise" if len(progs) > 1 else ""))
+
+    def cell(m, h) -> str:
+        return f"{m:.3f}" if h != h else f"{m:.3f} ± {h:.3f}"
+
+    cols = [*envs, "fitness"] + (["vs first"] if len(progs) > 1 else [])
+    cw = {c: max(len(c), 15) for c in cols}
+    print(f"{'program':<{pw}} " + " ".join(f"{c:>{cw[c]}}" for c in cols))
+    for row in table:
+        cells = [cell(*row[e]) for e in envs] + [cell(*row["fitness"])]
+        if len(progs) > 1:
+            d = row.get("vs_first")
+            if d is None:
+                cells.append("")
+            elif d[1] != d[1]:  # one seed: no interval
+                cells.append(f"{d[0]:+.3f} ")
+            else:
+                cells.append(f"{d[0]:+.3f} ± {d[1]:.3f}" + ("*" if abs(d[0]) > d[1] else " "))
+        print(f"{row['program']:<{pw}} " + " ".join(f"{v:>{cw[c]}}"
+                                                    for v, c in zip(cells, cols, strict=True)))
     return 0
 
 
@@ -279,18 +356,11 @@ def _export(args) -> int:
     from evorl_nb.export import export
 
     source = Path(args.source)
-    is_run = source.is_dir() or source.suffix == ".sqlite"
-    if args.rank is not None and not is_run:
-        raise ValueError(f"--rank picks a program from a run folder; {args.source!r} is not one")
-    if is_run:
-        from evorl_nb.rescore import ranked_program
-
-        rank = 1 if args.rank is None else args.rank
-        program, how = ranked_program(args.source, rank)
-        run_name = source.resolve().name if source.is_dir() else source.stem
-        name = args.name or f"{run_name}_rank{rank}"
+    program, how = _pick(args.source, args.rank)
+    if how is not None:
+        run_name = source.resolve().name if source.is_dir() else source.name.split(".")[0]
+        name = args.name or f"{run_name}_rank{1 if args.rank is None else args.rank}"
     else:
-        program, how = load_program(args.source), None
         name = args.name or program.name or source.stem
     text = export(program, args.format, name=name)
     if args.out is None:
@@ -306,32 +376,64 @@ def _export(args) -> int:
 
 
 def _show(args) -> int:
-    from evorl_nb.runner import summary
+    from evorl_nb.runner import summary, summary_data
 
-    print(summary(args.run, k=args.top))
+    if args.json:
+        print(json.dumps(summary_data(args.run, k=args.top), indent=2, default=str))
+    else:
+        print(summary(args.run, k=args.top))
+    return 0
+
+
+def _plot(args) -> int:
+    from evorl_nb.store import load_run, store_path
+    from evorl_nb.viz.evolution import save_run_figure
+
+    data = load_run(store_path(args.run))  # a named error for a missing or damaged run first
+    try:
+        path = save_run_figure(data, args.out, k=args.top)
+    except OSError as e:
+        raise ValueError(f"cannot write {args.out!r}: {e.strerror or e}") from None
+    except RuntimeError as e:  # kaleido without Chromium
+        raise ValueError(f"cannot export {args.out!r} as an image: {e} (write .html "
+                         "instead, or install Chromium)") from None
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``evorl-nb`` command."""
-    from evorl_nb.dqn import config_names as trainer_names
-    from evorl_nb.evolve import preset_names, preset_summaries
     from evorl_nb.export import FORMATS
+    from evorl_nb.presets import budget_names, preset_names, preset_summaries
+    from evorl_nb.presets import config_names as trainer_names
 
     title = __doc__.split("\n")[0].replace("``", "")  # no reStructuredText marks in --help
     parser = argparse.ArgumentParser(prog="evorl-nb", description=title)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("programs", help="list the library programs").set_defaults(func=_programs)
-    p = sub.add_parser("program", help="show a program (library name or JSON file)")
-    p.add_argument("program", help="a library name (see `evorl-nb programs`) or a .json file")
+    p = sub.add_parser("program", help="show a program (library name, JSON file or a run's "
+                       "N-th best) or write it to a file")
+    p.add_argument("program", help="a library name (see `evorl-nb programs`), a .json file, "
+                                   "or a run folder")
+    p.add_argument("--rank", type=_count, default=None,
+                   help="with a run folder: which program, 1 = best by re-scored mean (by "
+                        "search fitness if the run was not re-scored); default 1")
+    p.add_argument("-o", "--out", default=None, metavar="FILE.json",
+                   help="write the program JSON to FILE (readable by every command)")
     p.add_argument("--json", action="store_true", help="print the program JSON")
     p.add_argument("--latex", action="store_true", help="print the equation as LaTeX")
+    p.add_argument("--fingerprint", action="store_true",
+                   help="also print the functional fingerprint (runs the program on the "
+                        "probes, so it loads torch: about a second)")
     p.set_defaults(func=_program)
     sub.add_parser("envs", help="list the registered environments").set_defaults(func=_envs)
-    e = sub.add_parser("evaluate", help="train DQN agents with a program's loss and score them")
-    e.add_argument("--program", required=True, help="library name or program JSON file")
+    e = sub.add_parser("evaluate", help="train DQN agents with programs' losses and compare "
+                       "their scores")
+    e.add_argument("--program", required=True, nargs="+", action="extend", metavar="PROGRAM",
+                   help="library name(s) or program JSON file(s); every program and seed "
+                        "trains at once (the population trainer)")
     e.add_argument("--env", nargs="+", required=True, help="environment id(s), e.g. CartPole-v1")
-    e.add_argument("--preset", default="quick", choices=["paper", "quick", "ci"],
+    e.add_argument("--preset", default="quick", choices=trainer_names(),
                    help="trainer preset (default quick)")
     e.add_argument("--seeds", type=_count, default=1, help="number of seeds (default 1)")
     e.add_argument("--seed", type=_natural, default=0, help="first seed (default 0)")
@@ -341,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="hurdle env, evaluated first (default: none; the paper's is CartPole-v0)")
     e.add_argument("--hurdle-threshold", type=_unit, default=0.6, help="hurdle score (0.6)")
     e.add_argument("--json", action="store_true", help="machine-readable output")
-    e.add_argument("--progress", action="store_true", help="show a progress bar per run")
+    e.add_argument("--progress", action="store_true",
+                   help="show progress bars even when stderr is not a terminal")
+    e.add_argument("--quiet", action="store_true", help="no progress bars on a terminal")
     e.set_defaults(func=_evaluate)
     v = sub.add_parser("evolve", help="run a search (regularized evolution) into a run folder",
                        description="Run a search. The config is the --preset, then the "
@@ -386,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     x = sub.add_parser("reproduce", help="run one of the paper's experiments at a budget")
     x.add_argument("experiment", help="training, generalization, overestimation, "
                                       "clipped_cases, search or scratch")
-    x.add_argument("--budget", default="ci", choices=["ci", "quick", "long", "paper"],
+    x.add_argument("--budget", default="ci", choices=budget_names(),
                    help="ci (seconds), quick (this machine), long (the quick network for the "
                         "paper's step budgets), paper (the paper's settings)")
     x.add_argument("--out", default=None,
@@ -420,10 +524,21 @@ def main(argv: list[str] | None = None) -> int:
                         "(by search fitness if the run was not re-scored); default 1")
     o.add_argument("--name", default=None, help="the loss's title in the file's docstring")
     o.set_defaults(func=_export)
-    w = sub.add_parser("show", help="top programs and rates of a run")
+    w = sub.add_parser("show", help="top programs and rates of a run, beside its seed program")
     w.add_argument("run", help="run folder (or its run.sqlite)")
     w.add_argument("--top", type=_count, default=10, help="how many programs (default 10)")
+    w.add_argument("--json", action="store_true",
+                   help="machine-readable: rates, top programs (with their JSON), the seed "
+                        "programs' scores and the re-scored ranking")
     w.set_defaults(func=_show)
+    g = sub.add_parser("plot", help="write a run's convergence figure and top programs to a "
+                       "file (.html, or .png/.svg/.pdf: the fitness figure)")
+    g.add_argument("run", help="run folder (or its run.sqlite)")
+    g.add_argument("-o", "--out", required=True, metavar="FILE",
+                   help="FILE.html: a page with the fitness and rate figures and the top "
+                        "programs; FILE.png/.svg/.pdf: the fitness figure (needs Chromium)")
+    g.add_argument("--top", type=_count, default=10, help="programs in the table (default 10)")
+    g.set_defaults(func=_plot)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or argparse's refusal of a flag (2, message printed)

@@ -25,7 +25,7 @@ import contextlib
 import copy
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -34,79 +34,12 @@ import torch.nn.functional as F
 
 from evorl_nb.conditioning import ill_conditioned
 from evorl_nb.envs import EnvSpec, get_spec, make_env
+from evorl_nb.presets import DQNConfig, config_names, get_config
 from evorl_nb.program import Batch, Program
 from evorl_nb.streams import Stream, agent_seeds
 
 __all__ = ["DQNConfig", "get_config", "config_names", "train", "TrainResult", "EpisodeRecord",
            "QNetwork", "Replay"]
-
-
-@dataclass(frozen=True)
-class DQNConfig:
-    """Settings of the DQN inner loop; the defaults are the paper's (facts.md §3)."""
-
-    hidden: tuple[int, ...] = (256, 256)
-    """Hidden layer sizes of the MLP Q network (ReLU, linear head)."""
-    lr: float = 1e-4
-    """Adam learning rate (no gradient clipping)."""
-    batch_size: int = 32
-    """Transitions per gradient step."""
-    buffer_size: int = 1_000_000
-    """Replay capacity (uniform, 1-step); never more than the run's step budget is allocated."""
-    learning_starts: int = 1_000
-    """Transitions collected before the first gradient step."""
-    train_every: int = 1
-    """Environment steps per gradient step."""
-    target_update: int = 100
-    """Gradient steps between hard copies of the online network into the target."""
-    gamma: float = 0.99
-    """Discount factor; the loss sees gamma * (1 - terminated)."""
-    eps_start: float = 1.0
-    """Initial exploration rate."""
-    eps_end: float = 0.05
-    """Final exploration rate (the paper's 0.05; the authors' code used 0.02)."""
-    eps_decay_steps: int | None = None
-    """Steps of the linear decay; None takes the env's (1e3 classic control, 1e5 MiniGrid)."""
-    max_eps_decay_steps: int | None = None
-    """Cap on the env's decay length (the quick preset shortens MiniGrid's)."""
-    budget_episodes: int | None = None
-    """Train for this many episodes; with budget_steps also None, the env's paper budget."""
-    budget_steps: int | None = None
-    """Train for this many environment steps (overrides the env's budget)."""
-    max_steps: int | None = None
-    """A cap on steps applied on top of any budget (used by the smaller presets)."""
-    max_loss: float = 1e10
-    """A loss whose magnitude exceeds this counts as exploded and ends the run."""
-    failure_score: float = 0.0
-    """The normalized score a failed run gets."""
-    num_threads: int = 1
-    """torch threads used while training (1 lets processes share cores)."""
-    device: str = "cpu"
-    """torch device for the networks and the replay buffer."""
-
-
-_PRESETS: dict[str, DQNConfig] = {
-    # the paper's settings, exactly
-    "paper": DQNConfig(),
-    # a laptop CPU: 64-64 network, lr 1e-3, at most 50k steps per env, MiniGrid
-    # exploration over at most 1e4 steps; everything else as in the paper
-    "quick": DQNConfig(hidden=(64, 64), lr=1e-3, max_steps=50_000, max_eps_decay_steps=10_000),
-    # seconds: a smoke test of the whole loop
-    "ci": DQNConfig(hidden=(32,), lr=1e-3, learning_starts=100, max_steps=400,
-                    max_eps_decay_steps=200, target_update=20, buffer_size=10_000),
-}
-
-
-def config_names() -> list[str]:
-    """Names of the trainer presets: paper, quick, ci."""
-    return list(_PRESETS)
-
-
-def get_config(name: str, **overrides: Any) -> DQNConfig:
-    """A trainer preset by name, with fields overridden by keyword."""
-    if name not in _PRESETS:
-        raise KeyError(f"unknown trainer preset {name!r}; known: {', '.join(_PRESETS)}")
-    return replace(_PRESETS[name], **overrides)
 
 
 # --- pieces -------------------------------------------------------------------

@@ -25,16 +25,10 @@ import numpy as np
 
 from evorl_nb.dqn import DQNConfig, EpisodeRecord, TrainResult, get_config, train
 from evorl_nb.envs import get_spec
+from evorl_nb.presets import HURDLE, TRAINING_ENVS
 
 __all__ = ["evaluate", "evaluate_batch", "StreamingEvaluation", "EvalResult", "EnvScore",
            "HURDLE", "TRAINING_ENVS", "env_seed"]
-
-HURDLE = ("CartPole-v0", 0.6)
-"""The paper's hurdle: CartPole first, and stop if its normalized score is below 0.6."""
-TRAINING_ENVS = ("CartPole-v0", "MiniGrid-KeyCorridorS3R1-v0",
-                 "MiniGrid-Dynamic-Obstacles-6x6-v0", "MiniGrid-DoorKey-5x5-v0")
-"""The environments DQNReg was evolved on (CartPole is the hurdle)."""
-
 
 @dataclass
 class EnvScore:

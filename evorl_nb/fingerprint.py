@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from evorl_nb.program import N_INPUTS, Batch, Program
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["fingerprint", "fingerprint_values", "structural_hash", "probe_inputs", "PROBE"]
 
@@ -42,25 +46,30 @@ rewards and states ~ N(0, 1)."""
 _NAN, _POSINF, _NEGINF = 1.2345678e300, 9.8765432e300, -9.8765432e300
 
 
-class _ProbeNet(torch.nn.Module):
+class _ProbeNet:
+    """A fixed random d-h-a ReLU MLP in float64 (its weights plain tensors)."""
+
     def __init__(self, gen: torch.Generator, d: int, h: int, a: int):
-        super().__init__()
+        import torch
+
         self.w1 = torch.randn(d, h, generator=gen, dtype=torch.float64) / d**0.5
         self.b1 = torch.randn(h, generator=gen, dtype=torch.float64)
         self.w2 = torch.randn(h, a, generator=gen, dtype=torch.float64) / h**0.5
         self.b2 = torch.randn(a, generator=gen, dtype=torch.float64)
 
-    def forward(self, x):
-        return torch.relu(x @ self.w1 + self.b1) @ self.w2 + self.b2
+    def __call__(self, x):
+        return (x @ self.w1 + self.b1).clamp_min(0.0) @ self.w2 + self.b2
 
 
 @functools.lru_cache(maxsize=None)  # noqa: UP033 - explicit about the cache having no bound
-def probe_inputs(kind: str = "paper") -> tuple[Batch, torch.nn.Module, torch.nn.Module]:
+def probe_inputs(kind: str = "paper") -> tuple[Batch, Callable, Callable]:
     """A fixed random batch and networks (see :data:`PROBE`); the same in every process.
 
     The discount is fed through ``done`` so that ``gamma * (1 - done)`` is the
     probe's discount with gamma = 1.
     """
+    import torch
+
     p = PROBE
     if kind not in p["probes"]:
         raise KeyError(f"unknown probe {kind!r}; known: {p['probes']}")
@@ -87,6 +96,8 @@ def probe_inputs(kind: str = "paper") -> tuple[Batch, torch.nn.Module, torch.nn.
 
 def fingerprint_values(program: Program) -> np.ndarray:
     """The program's rounded outputs on the probes, concatenated (NaN/inf mapped to fixed values)."""
+    import torch
+
     outs = []
     for kind in PROBE["probes"]:
         batch, q, q_targ = probe_inputs(kind)

@@ -16,15 +16,18 @@ a List[R] accepts a P, and the op then returns a List[R].
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sympy
-import torch
 
 from evorl_nb import symbols as sym
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Type", "Op", "OPS", "get_op", "SEARCH_CONSTANTS", "EPS_DIV", "EPS_LOG", "EXP_CLIP"]
 
@@ -90,10 +93,12 @@ class Op:
     reduced: str | None = field(default=None, repr=False)
     broadcast: bool = False
     doc: str = ""
-    torch: Callable[..., Any] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self):
-        object.__setattr__(self, "torch", _compile(self))
+    @functools.cached_property
+    def torch(self) -> Callable[..., Any]:
+        """The op's source line compiled into a function (on first use: importing the op
+        table does not import torch)."""
+        return _compile(self)
 
     @property
     def arity(self) -> int:
@@ -173,6 +178,8 @@ def _reducing(op: Op) -> frozenset:
 
 def _compile(op: Op) -> Callable[..., Any]:
     """``Op.torch``: the op's source line(s) compiled into a function."""
+    import torch
+
     if op.arity == 0:
         body = op.code.format(like="like", value="value", generator="generator")
         text = (f"def {op.name}(ctx):\n    like, value, generator = ctx.like, ctx.value, "

@@ -20,11 +20,12 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
-
-import torch
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from evorl_nb.ops import OPS, Op, SourceContext, Type
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["INPUTS", "Node", "Program", "ProgramError", "Batch", "FORMAT_VERSION",
            "MAX_PROGRAM_NODES", "MAX_JSON_CHARS", "MAX_CONSTANT"]
@@ -428,6 +429,8 @@ def _parse(data: Any) -> dict:
 
 
 def _run_torch(op: Op, n: Node, args: list, types, index: int, like: torch.Tensor, generator):
+    import torch  # here, not at the top: reading and printing programs needs no torch
+
     if op.arity == 0:
         return op.torch(SourceContext(like.shape[0], like, generator, n.value, index))
     if op.name == "QValues" and n.inputs[0] == TARGET:  # by slot: q and q_targ may be one net

@@ -11,7 +11,7 @@ Each experiment trains the hand-designed and learned losses with the population 
 * ``episodes.csv``: the training episodes (return, normalized return, the online net's
   max_a Q(s_0, a), the realized discounted return), at most :data:`EPISODE_ROWS` per run,
   evenly spaced and always the last (a MiniGrid run has thousands): learning curves and
-  the Q-value overestimation study are drawn from it (:func:`figures`);
+  the Q-value overestimation study are drawn from it (:func:`evorl_nb.viz.experiments.figures`);
 * ``meta.json``: the command, budget, trainer settings, seeds, versions and wall time.
 
 The ``clipped_cases`` experiment also writes ``cases.csv`` (which side of each of
@@ -19,7 +19,8 @@ DQNClipped's max ops won, per training-step bin; :class:`BranchTracker`), and th
 experiments (``search``: bootstrapped from DQN; ``scratch``: from scratch) write the run
 store ``run/runs.sqlite``, ``table.csv`` (the slides' table: raw and simplified equation,
 score, rank, family) and ``convergence.csv`` instead of the training tables.
-:func:`save_figures` exports every figure as PNG (kaleido, through Chromium).
+:func:`evorl_nb.viz.experiments.save_figures` exports every figure as PNG (kaleido, through
+Chromium); this module draws nothing (figures live in ``evorl_nb.viz``).
 
 Budgets: ``ci`` (seconds, for the test suite), ``quick`` (the ``quick`` trainer and
 evolution preset, 5 seeds: this machine's scale), ``long`` (the quick network for the
@@ -38,17 +39,17 @@ import math
 import os
 import platform
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from evorl_nb.presets import BUDGETS
 from evorl_nb.stats import ci95
 
-__all__ = ["EXPERIMENTS", "BUDGETS", "Experiment", "BranchTracker", "run", "load", "figures",
-           "save_figures", "overestimation_bias", "case_summary", "program_table", "family",
+__all__ = ["EXPERIMENTS", "BUDGETS", "Experiment", "BranchTracker", "run", "load",
+           "overestimation_bias", "case_summary", "program_table", "family",
            "write_search_tables",
            "trainer_config", "thin", "ci95"]
 
@@ -107,18 +108,6 @@ EXPERIMENTS: dict[str, Experiment] = {
         space="scratch"),
 }
 """The experiments by name."""
-
-BUDGETS: dict[str, dict[str, Any]] = {
-    "ci": {"trainer": "ci", "seeds": 2, "evolution": "ci"},
-    "quick": {"trainer": "quick", "seeds": 5, "evolution": "quick"},
-    # the quick network (64-64, lr 1e-3) for the paper's step budgets and exploration
-    # schedule: what the sparse MiniGrid claims need, at ~1/10 of the paper's compute
-    "long": {"trainer": {"preset": "quick", "max_steps": None, "max_eps_decay_steps": None},
-             "seeds": 3, "evolution": "quick"},
-    "paper": {"trainer": "paper", "seeds": 5, "evolution": "paper"},
-}
-"""Trainer preset (a name, or a dict of DQNConfig fields over a "preset"), number of seeds
-and evolution preset (search experiments) per budget."""
 
 EPISODE_ROWS = 300
 """At most this many episodes of one run are kept in ``episodes.csv`` (evenly spaced)."""
@@ -222,14 +211,10 @@ def label(spec: str) -> str:
 
 
 def trainer_config(budget: str):
-    """The :class:`~evorl_nb.dqn.DQNConfig` a budget trains with."""
-    from evorl_nb.dqn import get_config
+    """The :class:`~evorl_nb.presets.DQNConfig` a budget trains with."""
+    from evorl_nb.presets import trainer_config as resolve
 
-    trainer = BUDGETS[budget]["trainer"]
-    if isinstance(trainer, dict):
-        trainer = dict(trainer)
-        return get_config(trainer.pop("preset"), **trainer)
-    return get_config(trainer)
+    return resolve(BUDGETS[budget]["trainer"])
 
 
 def _train(exp: Experiment, config, env_ids, n_seeds: int, folder: Path, progress: bool) -> None:
@@ -536,142 +521,3 @@ def overestimation_bias(folder: str | Path | dict):
     return pd.DataFrame(rows)
 
 
-def figures(folder: str | Path | dict) -> dict:
-    """Plotly figures of an experiment folder (or of what :func:`load` returned): learning
-    curves per env; Q(s_0) against the realized discounted return (overestimation); the
-    branch fractions over training (clipped_cases); the search's fitness over candidates
-    (search experiments)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    data = load(folder)
-    folder, meta = data["folder"], data["meta"]
-    figs = {}
-    if "convergence" in data:
-        from evorl_nb.viz.evolution import fitness_figure
-
-        fig = fitness_figure(folder / meta["run"])
-        what = "search from scratch" if meta["experiment"] == "scratch" else "bootstrapped search"
-        fig.update_layout(title=f"{what} ({meta['budget']} budget): fitness of every candidate "
-                                "and the best so far")
-        figs["convergence"] = fig
-        return figs
-    ep = data.get("episodes")
-    envs = meta["envs"]  # an env where no episode finished keeps an empty panel
-    rows, cols = _grid(envs)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=envs)
-    for j, env in enumerate(envs, start=1):
-        for i, alg in enumerate(meta["algorithms"]):
-            g = ep[(ep.env == env) & (ep.algorithm == alg)] if ep is not None else ()
-            if len(g) == 0:
-                continue
-            x, y = _mean_curve(g, "normalized")
-            fig.add_trace(go.Scatter(x=x, y=y, name=alg, legendgroup=alg, showlegend=j == 1,
-                                     line={"color": _PALETTE[i % len(_PALETTE)]}),
-                          **_cell(j, cols))
-    fig.update_layout(title=f"{meta['experiment']}: normalized return during training "
-                            f"({meta['budget']} budget, {meta['seeds']} seeds)",
-                      height=60 + 320 * rows, width=max(500, 330 * cols))
-    fig.update_xaxes(title_text="environment steps")
-    figs["curves"] = fig
-    if "summary" in data:
-        summary = data["summary"]
-        fig = go.Figure()
-        for i, alg in enumerate(meta["algorithms"]):
-            g = summary[summary.algorithm == alg].set_index("env").reindex(envs)
-            fig.add_trace(go.Bar(x=envs, y=g.score_all, name=alg,
-                                 marker_color=_PALETTE[i % len(_PALETTE)],
-                                 error_y={"type": "data", "array": g.ci95_all.fillna(0)}))
-        fig.update_layout(barmode="group", height=400, width=max(600, 170 * len(envs)),
-                          title=f"{meta['experiment']}: normalized score over all training "
-                                f"episodes, mean and 95% CI of {meta['seeds']} seeds",
-                          yaxis_title="normalized score", yaxis_range=[0, 1.05])
-        figs["scores"] = fig
-    if meta["experiment"] == "overestimation" and ep is not None:
-        fig = make_subplots(rows=rows, cols=cols, subplot_titles=envs)
-        for j, env in enumerate(envs, start=1):
-            for i, alg in enumerate(meta["algorithms"]):
-                g = ep[(ep.env == env) & (ep.algorithm == alg)]
-                if g.empty:
-                    continue
-                color = _PALETTE[i % len(_PALETTE)]
-                x, q = _mean_curve(g, "q_initial")
-                _, d = _mean_curve(g, "discounted_return")
-                fig.add_trace(go.Scatter(x=x, y=q, name=f"{alg}: Q(s_0)", legendgroup=alg,
-                                         showlegend=j == 1, line={"color": color}),
-                              **_cell(j, cols))
-                fig.add_trace(go.Scatter(x=x, y=d, name=f"{alg}: realized return",
-                                         legendgroup=alg, showlegend=j == 1,
-                                         line={"color": color, "dash": "dot"}),
-                              **_cell(j, cols))
-        fig.update_layout(title="estimated Q(s_0) (solid) vs realized discounted return (dotted)",
-                          height=80 + 320 * rows, width=max(500, 450 * cols))
-        fig.update_xaxes(title_text="environment steps")
-        figs["overestimation"] = fig
-    if "cases" in data:
-        cases = data["cases"]
-        fig = make_subplots(rows=rows, cols=cols, subplot_titles=envs)
-        nodes = list(dict.fromkeys(cases.node))
-        for j, env in enumerate(envs, start=1):
-            for i, node in enumerate(nodes):
-                g = cases[(cases.env == env) & (cases.node == node)]
-                if g.empty:
-                    continue
-                mean = g.groupby("step").fraction_first.mean()
-                first, second = g["first"].iloc[0], g["second"].iloc[0]
-                label = f"{g.op.iloc[0].lower()}[{first}, {second}] takes {first}"
-                fig.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), name=label,
-                                         legendgroup=str(node), showlegend=j == 1,
-                                         line={"color": _PALETTE[i % len(_PALETTE)]}),
-                              **_cell(j, cols))
-        fig.update_layout(title="fraction of transitions on each max's first branch "
-                                f"(mean of {meta['seeds']} seeds)", height=100 + 320 * rows,
-                          width=max(500, 450 * cols), legend={"orientation": "h", "y": -0.25})
-        fig.update_yaxes(range=[0, 1])
-        fig.update_xaxes(title_text="environment steps")
-        figs["cases"] = fig
-    return figs
-
-
-def _cell(j: int, cols: int) -> dict:
-    """The row and col keywords of panel ``j`` (1-based) in a grid of ``cols`` columns."""
-    return {"row": (j - 1) // cols + 1, "col": (j - 1) % cols + 1}
-
-
-def _grid(envs) -> tuple[int, int]:
-    """(rows, columns) of a figure with one panel per env, at most 4 panels a row."""
-    cols = min(4, max(1, len(envs)))
-    return -(-max(1, len(envs)) // cols), cols
-
-
-_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-
-
-def save_figures(folder: str | Path | dict, scale: float = 1.5) -> list[Path]:
-    """Export the folder's figures as ``figures/NAME.png`` (plotly through kaleido, which
-    drives Chromium: Debian's ``chromium`` package will do). Returns the files written.
-    ``folder`` may also be what :func:`load` returned."""
-    data = load(folder)
-    out = data["folder"] / "figures"
-    out.mkdir(exist_ok=True)
-    written = []
-    for name, fig in figures(data).items():
-        path = out / f"{name}.png"
-        fig.write_image(path, scale=scale)
-        written.append(path)
-    return written
-
-
-def _mean_curve(g, column: str, points: int = 50):
-    """Mean over seeds of ``column`` against environment steps, on a common step grid."""
-    top = g.step.max()
-    grid = np.linspace(0, top, points)
-    curves = []
-    for _, s in g.groupby("seed"):
-        s = s.sort_values("step")
-        curves.append(np.interp(grid, s.step.to_numpy(), s[column].to_numpy(),
-                                left=np.nan))
-    stacked = np.vstack(curves)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # grid points before any episode
-        return grid, np.nanmean(stacked, axis=0)

@@ -16,15 +16,24 @@ any moment loses no finished work and records nothing twice.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from pathlib import Path
 from typing import Callable
 
 from evorl_nb.backends import make_backend
-from evorl_nb.evolve import Evolution, EvolutionConfig, Outcome, ProgramEvaluator, Proposal, get_preset
+from evorl_nb.evolve import (
+    Evolution,
+    EvolutionConfig,
+    Outcome,
+    ProgramEvaluator,
+    Proposal,
+    get_preset,
+)
+from evorl_nb.program import Program
 from evorl_nb.store import STORE_NAME, CandidateRecord, RunStore, store_path
 
-__all__ = ["start", "resume", "drive", "store_path", "summary", "STORE_NAME"]
+__all__ = ["start", "resume", "drive", "store_path", "summary", "summary_data", "STORE_NAME"]
 
 
 def start(out: str | Path, config: EvolutionConfig | str = "quick", *, seed: int = 0,
@@ -64,6 +73,20 @@ def _finish(path: Path, backend: str, workers, timeout, address, progress: bool,
                 progress=progress, **opts)
     if verbose:
         print(summary(path))
+        print(next_steps(path))
+
+
+def next_steps(path: str | Path) -> str:
+    """What to do with a finished run, as commands (printed after a search's summary)."""
+    run = Path(path).parent if Path(path).name.startswith(STORE_NAME) else Path(path)
+    rows = [(f"evorl-nb show {run} --top 20", "more of the ranking (--json for scripts)"),
+            (f"evorl-nb plot {run} -o {run}/run.html", "fitness and rate figures, top programs"),
+            (f"evorl-nb program {run} --rank 1 -o best.json", "the best program as a file"),
+            (f"evorl-nb export {run} --rank 1 -o best_loss.py", "a standalone PyTorch loss"),
+            (f"evorl-nb rescore {run}", "re-train the top programs on fresh seeds"),
+            ("notebooks/04_analysing_a_run.ipynb", "lineage, equations and figures in Jupyter")]
+    width = max(len(cmd) for cmd, _ in rows)
+    return "\n".join(["next:", *(f"  {cmd:<{width}}  {what}" for cmd, what in rows)])
 
 
 def resume(out: str | Path, *, backend: str = "inprocess", workers: int | None = None,
@@ -190,31 +213,86 @@ def drive(store: RunStore, evo: Evolution, backend: str = "inprocess", *,
         print(summary(store.path))
 
 
-def summary(path: str | Path, k: int = 5) -> str:
-    """The run's rates and its top-k programs as simplified equations."""
-    from evorl_nb.program import Program
+SUMMARY_KEY = (
+    "fitness: the search's score of a candidate, the sum over the run's envs of the "
+    "normalized training score (0 = Rmin, 1 = Rmax), from one training seed; seen: how many "
+    "candidates computed this same loss (one fingerprint, trained once); "
+    "δ^2 = (Q(s_t, a_t) - Y)^2 with Y = r_t + γ*max_a(Q_targ(s_{t+1}, a)) unless the row "
+    "gives another Y; <x, y> is a dot product, E_B a batch mean")
+"""What the columns and the notation of :func:`summary` mean (printed under its table)."""
+
+
+def summary_data(path: str | Path, k: int = 5) -> dict:
+    """The run's rates, its top-k distinct programs, the seed programs' scores in the same
+    run (a bootstrapped search's baseline) and its re-scored ranking, as plain data (what
+    ``evorl-nb show --json`` prints)."""
+    from evorl_nb import library
     from evorl_nb.store import load_run
 
-    data = load_run(store_path(path))
+    where = store_path(path)
+    data = load_run(where)
     rates = data.rates()
     df = data.candidates
-    passed = int((df["status"] == "trained").sum())
-    lines = [f"run {store_path(path)}: {len(df)} candidates, "
-             f"{rates['evaluated']} trained ({passed} past the hurdle), duplicates "
-             f"{rates['duplicate']:.0%}, below hurdle {rates['below_hurdle']:.0%}, "
-             f"failed {rates['failed']:.0%}",
-             f"{'rank':>4} {'id':>6} {'fitness':>8} {'seen':>5}  equation (simplified)"]
-    best = data.best(k, distinct=True)
     seen = df["fingerprint"].value_counts()
-    for rank, (_, row) in enumerate(best.iterrows(), start=1):
-        eq = Program.from_record(row["program"], f"run {store_path(path)}, candidate "
-                                 f"{int(row['id'])}").equation()
-        lines.append(f"{rank:>4} {int(row['id']):>6} {row['fitness']:>8.3f} "
-                     f"{seen[row['fingerprint']]:>5}  {eq}")
+
+    def row_dict(row, rank=None) -> dict:
+        prog = Program.from_record(row["program"], f"run {where}, candidate {int(row['id'])}")
+        out = {"id": int(row["id"]), "fitness": float(row["fitness"]),
+               "seen": int(seen[row["fingerprint"]]), "equation": prog.equation(),
+               "scores": {c[6:]: float(row[c]) for c in df.columns
+                          if c.startswith("score:") and row[c] == row[c]},
+               "program": row["program"]}
+        return out if rank is None else {"rank": rank, **out}
+
+    top = [row_dict(row, rank) for rank, (_, row)
+           in enumerate(data.best(k, distinct=True).iterrows(), start=1)]
+    seeds = []
+    config = data.config
+    if config.get("space") == "bootstrap" and not config.get("seed_run"):
+        initial = df[df["mutation"] == "initial"]
+        for name in dict.fromkeys(config.get("seed_programs") or ()):
+            want = library.get(name).structural_hash() if name in library.names() else None
+            for _, row in initial.iterrows():
+                if want and Program.from_record(row["program"], str(where)).structural_hash() == want:
+                    if row["fitness"] == row["fitness"]:
+                        seeds.append({"name": name, **row_dict(row)})
+                    break
+    rescored = []
     if not data.rescores.empty:
         from evorl_nb.rescore import ranking
 
-        lines += ["", *rescore_lines(ranking(path), k)]
+        rescored = ranking(path).to_dict("records")
+    passed = int((df["status"] == "trained").sum())
+    return {"run": str(where), "candidates": len(df), "trained": int(rates["evaluated"]),
+            "past_hurdle": passed, "rates": {key: float(v) for key, v in rates.items()
+                                             if key != "evaluated"},
+            "envs": list(config.get("envs") or ()), "space": config.get("space"),
+            "top": top, "seed_programs": seeds, "rescored": rescored}
+
+
+def summary(path: str | Path, k: int = 5) -> str:
+    """The run's rates, its top-k programs as simplified equations beside the seed
+    programs' scores in the same run, what the columns mean, and the re-scored ranking."""
+    d = summary_data(path, k)
+    r = d["rates"]
+    lines = [f"run {d['run']}: {d['candidates']} candidates, {d['trained']} trained "
+             f"({d['past_hurdle']} past the hurdle), duplicates {r['duplicate']:.0%}, below "
+             f"hurdle {r['below_hurdle']:.0%}, failed {r['failed']:.0%}",
+             f"{'rank':>4} {'id':>6} {'fitness':>8} {'seen':>5}  equation (simplified)"]
+    for row in d["top"]:
+        lines.append(f"{row['rank']:>4} {row['id']:>6} {row['fitness']:>8.3f} "
+                     f"{row['seen']:>5}  {row['equation']}")
+    for row in d["seed_programs"]:
+        lines.append(f"{'seed':>4} {row['id']:>6} {row['fitness']:>8.3f} {row['seen']:>5}  "
+                     f"{row['equation']}  (the seed program {row['name']}, same run)")
+    if not d["seed_programs"]:
+        lines.append("      (no seed program in this run to compare with: `evorl-nb rescore "
+                     "RUN` trains DQN and DQNReg beside the top programs on fresh seeds)")
+    lines += textwrap.wrap(SUMMARY_KEY, 100, initial_indent="key: ", subsequent_indent="     ")
+    if d["rescored"]:
+        import pandas as pd
+
+        lines += ["", *rescore_lines(pd.DataFrame(d["rescored"]), k)]
     return "\n".join(lines)
 
 

@@ -54,6 +54,7 @@ import pandas as pd
 from IPython.display import display
 
 from evorl_nb import reproduce
+from evorl_nb.viz.experiments import figures
 
 
 def _repo_root() -> Path:
@@ -102,7 +103,7 @@ def scores(data: dict) -> pd.DataFrame:
 # %%
 training = experiment("training")
 display(scores(training))
-figs = reproduce.figures(training)
+figs = figures(training)
 display(figs["scores"])
 figs["curves"]
 
@@ -115,7 +116,7 @@ figs["curves"]
 # %%
 generalization = experiment("generalization")
 display(scores(generalization))
-figs = reproduce.figures(generalization)
+figs = figures(generalization)
 display(figs["scores"])
 figs["curves"]
 
@@ -133,7 +134,7 @@ figs["curves"]
 # %%
 overestimation = experiment("overestimation")
 display(reproduce.overestimation_bias(overestimation).round(3))
-reproduce.figures(overestimation)["overestimation"]
+figures(overestimation)["overestimation"]
 
 # %% [markdown]
 # ## 4. Inside DQNClipped
@@ -147,7 +148,7 @@ reproduce.figures(overestimation)["overestimation"]
 cases = experiment("clipped_cases")
 display(reproduce.case_summary(cases)[["env", "first", "second", "first_all", "first_early",
                                        "first_late", "seeds"]].round(3))
-reproduce.figures(cases)["cases"]
+figures(cases)["cases"]
 
 # %% [markdown]
 # ## 5. What a search finds
@@ -159,7 +160,7 @@ reproduce.figures(cases)["cases"]
 # %%
 search = experiment("search")
 display(search["table"].head(6))
-reproduce.figures(search)["convergence"]
+figures(search)["convergence"]
 
 # %% [markdown]
 # And from scratch: programs built from random ops only. Did the search find the TD loss?
@@ -170,7 +171,7 @@ table = scratch["table"]
 display(table.head(6))
 found = table[table.family.str.startswith("δ^2")]
 print("a TD-like loss among the top 10:", "yes" if len(found) else "no")
-reproduce.figures(scratch)["convergence"]
+figures(scratch)["convergence"]
 
 # %% [markdown]
 # ## 6. The paper's two searches, at a laptop budget
@@ -235,4 +236,4 @@ else:
 # verdict (agrees, disagrees, out of reach) and the command that made it. To make the
 # figures at a larger budget, run for instance
 # `evorl-nb reproduce generalization --budget paper` (or set `BUDGET = "paper"` and
-# `RERUN = True` here), and `save_figures(folder)` exports them as PNG.
+# `RERUN = True` here), and `evorl_nb.viz.experiments.save_figures(folder)` exports them as PNG.

@@ -162,7 +162,8 @@ def test_cli_evaluate_table_and_json(capsys):
     assert cli_main(["evaluate", "--program", "dqn", "--env", "CartPole-v1", "--preset", "ci",
                      "--seeds", "2"]) == 0
     out = capsys.readouterr().out
-    assert "CartPole-v1" in out and "mean" in out and out.count("\nCartPole-v1") >= 2
+    # one row per seed (program, env, seed, ...), then the mean ± 95% CI per program
+    assert "CartPole-v1" in out and "mean" in out and out.count("\ndqn     CartPole-v1") == 2
     assert cli_main(["evaluate", "--program", "dqn", "--env", "CartPole-v1", "--preset", "ci",
                      "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -71,7 +71,7 @@ from evorl_nb.evolve import get_preset
 from evorl_nb.runner import start
 cfg = get_preset("ci", population=8, tournament=3, candidates={n}, envs=("CartPole-v0",),
                  hurdle=None, trainer="ci", batch=1)
-start({out!r}, cfg, seed=3, backend="local", workers=2, evaluator=FakeEvaluator(sleep=0.15),
+start({out!r}, cfg, seed=3, backend="local", workers=2, evaluator=FakeEvaluator(sleep={sleep}),
       progress=False, verbose=False)
 """
 
@@ -79,9 +79,11 @@ start({out!r}, cfg, seed=3, backend="local", workers=2, evaluator=FakeEvaluator(
 def test_search_survives_workers_killed_at_random_times(tmp_path):
     """kill -9 of local workers, busy or idle, while a real search runs: the driver replaces
     them and the run ends at its budget with every candidate recorded exactly once."""
-    out, n = tmp_path / "run", 60
-    proc = subprocess.Popen([sys.executable, "-c",
-                             SEARCH_SCRIPT.format(tests=str(TESTS), out=str(out), n=n)],
+    # 80 candidates of 0.3 s on 2 workers: ~12 s, long enough for 4 kills however fast a
+    # replaced worker starts
+    out, n = tmp_path / "run", 80
+    proc = subprocess.Popen([sys.executable, "-c", SEARCH_SCRIPT.format(
+                             tests=str(TESTS), out=str(out), n=n, sleep=0.3)],
                             stderr=subprocess.PIPE, text=True)
     store_file, kills, deadline = out / "run.sqlite", 0, time.time() + 120
     try:
@@ -116,7 +118,8 @@ def test_workers_of_a_killed_driver_exit_quietly(tmp_path):
     traceback (they share the driver's stderr, so the pipe closes only when all have gone)."""
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-c",
-                             SEARCH_SCRIPT.format(tests=str(TESTS), out=str(out), n=400)],
+                             SEARCH_SCRIPT.format(tests=str(TESTS), out=str(out), n=400,
+                                                  sleep=0.15)],
                             stderr=subprocess.PIPE, text=True)
     store_file, deadline = out / "run.sqlite", time.time() + 60
     workers = []

@@ -10,6 +10,7 @@ import pytest
 
 from evorl_nb import reproduce
 from evorl_nb.cli import main as cli_main
+from evorl_nb.viz.experiments import figures, save_figures
 
 
 def test_ci95_matches_a_hand_computation():
@@ -43,7 +44,7 @@ def test_each_training_experiment_runs_at_the_ci_budget(tmp_path, name):
     assert np.isfinite(episodes.q_initial).all()
     assert meta["command"] == f"evorl-nb reproduce {name} --budget ci"
     json.dumps(meta)
-    figs = reproduce.figures(folder)
+    figs = figures(folder)
     pairs = len(episodes.groupby(["algorithm", "env"]))  # runs with a finished episode
     assert pairs >= len(exp.algorithms)
     assert len(figs["curves"].data) == pairs
@@ -86,7 +87,7 @@ def test_each_search_experiment_runs_at_the_ci_budget(tmp_path, name):
     assert table.score.is_monotonic_decreasing and table["rank"].iloc[0] == 1
     assert table.score.iloc[0] == pytest.approx(np.nanmax(fit))
     assert table["rank"].is_monotonic_increasing and table.proposed.min() >= 1
-    assert len(reproduce.figures(folder)["convergence"].data) >= 2
+    assert len(figures(folder)["convergence"].data) >= 2
     from evorl_nb import library
 
     dqn_seen = (run.candidates.fingerprint == library.get("dqn").fingerprint()).any()
@@ -173,7 +174,7 @@ def test_figures_export_as_png(tmp_path):
         pytest.skip("no Chromium on this machine: kaleido cannot export figures")
     folder = reproduce.run("overestimation", "ci", tmp_path, seeds=2,
                            envs=("CartPole-v0",), progress=False)
-    paths = reproduce.save_figures(folder)
+    paths = save_figures(folder)
     assert sorted(p.name for p in paths) == ["curves.png", "overestimation.png", "scores.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000

@@ -22,8 +22,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from evorl_nb.program import Program
-from evorl_nb.store import store_path
-from evorl_nb.store import RunData, load_run
+from evorl_nb.store import RunData, load_run, store_path
+from evorl_nb.viz.style import TEMPLATE
 
 __all__ = ["fitness_figure", "rates_figure", "lineage", "lineage_figure", "EvolutionDashboard"]
 
@@ -45,7 +45,7 @@ def _equation(program_json: str, simplify: bool = True) -> str:
 
 def _layout(title: str, ytitle: str, height: int, **kw) -> go.Layout:
     return go.Layout(title=title, xaxis_title="candidate id", yaxis_title=ytitle, height=height,
-                     template="plotly_white", margin=dict(l=60, r=20, t=50, b=40), **kw)
+                     template=TEMPLATE, margin=dict(l=60, r=20, t=50, b=40), **kw)
 
 
 def _fitness_layout() -> go.Layout:
@@ -155,7 +155,7 @@ def lineage_figure(run: Any, candidate_id: int) -> go.Figure:
         text = html.escape(steps[k]["mutation"] or "")
         fig.add_annotation(x=k - 0.5, y=-0.12, text=text[:40] + ("…" if len(text) > 40 else ""),
                            hovertext=text, showarrow=False, font=dict(size=10), textangle=0)
-    fig.update_layout(title=f"Lineage of candidate {candidate_id}", template="plotly_white",
+    fig.update_layout(title=f"Lineage of candidate {candidate_id}", template=TEMPLATE,
                       xaxis=dict(visible=False, range=[-0.6, len(steps) - 0.4]), height=260,
                       yaxis=dict(visible=False, range=[-0.4, 0.4]), margin=dict(l=20, r=20, b=20))
     return fig
@@ -168,6 +168,40 @@ def _top_table(data: RunData, k: int = 5) -> str:
                    for r, (_, row) in enumerate(best.iterrows(), start=1))
     return ("<table><tr><th>rank</th><th>id</th><th>fitness</th><th>equation (simplified)</th>"
             f"</tr>{rows}</table>")
+
+
+def run_report(run: Any, k: int = 10) -> str:
+    """A standalone HTML page of a run: its rates, the fitness and rate figures (plotly from
+    its CDN, each as wide as the page) and the top-``k`` distinct programs."""
+    data = _data(run)
+    rates = data.rates()
+    title = html.escape(str(data.path))
+    figs = "".join(f.to_html(full_html=False, include_plotlyjs="cdn" if i == 0 else False,
+                             config={"responsive": True}, default_width="100%")
+                   for i, f in enumerate((fitness_figure(data), rates_figure(data))))
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+            "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
+            "td,th{padding:2px 8px;text-align:left}</style></head><body>"
+            f"<h2>{title}</h2><p>{len(data.candidates)} candidates: duplicates "
+            f"{rates['duplicate']:.0%}, below hurdle {rates['below_hurdle']:.0%}, failed "
+            f"{rates['failed']:.0%}</p>{figs}<h3>Top {k} distinct programs</h3>"
+            f"{_top_table(data, k)}</body></html>")
+
+
+def save_run_figure(run: Any, path: str | Path, k: int = 10) -> Path:
+    """Write the run's view to ``path``: ``.html`` the whole :func:`run_report`, ``.png`` /
+    ``.svg`` / ``.pdf`` the fitness figure (plotly's export through kaleido, which needs
+    Chromium)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".html", ".htm"):
+        path.write_text(run_report(run, k), encoding="utf-8")
+    elif suffix in (".png", ".svg", ".pdf"):
+        fitness_figure(run).update_layout(width=900).write_image(path, scale=1.5)
+    else:
+        raise ValueError(f"cannot write {path.name!r}: the file name must end in .html, .png, "
+                         ".svg or .pdf")
+    return path
 
 
 class EvolutionDashboard:

@@ -36,6 +36,7 @@ from evorl_nb import library
 from evorl_nb.program import N_INPUTS, Program
 from evorl_nb.search_space import Mutation, SearchSpace, get_space, mutate_explained
 from evorl_nb.viz.graph import graph_layout, program_figure
+from evorl_nb.viz.style import TEMPLATE
 
 if TYPE_CHECKING:
     from evorl_nb.dqn import DQNConfig, EpisodeRecord, TrainResult
@@ -224,7 +225,7 @@ class ProgramExplorer:
         self.curve = go.FigureWidget(layout=go.Layout(
             title="Normalized return per episode", xaxis_title="environment steps",
             yaxis_title="normalized return", yaxis_range=[-0.02, 1.02], height=320,
-            template="plotly_white", legend=dict(orientation="h", y=-0.25, x=0)))
+            template=TEMPLATE, legend=dict(orientation="h", y=-0.25, x=0)))
         """``FigureWidget``: each evaluation's normalized episode returns, live."""
         self.widget = w.VBox([
             w.HBox([self.picker, self.mutate_button, self.back_button, self.dead],
@@ -567,8 +568,7 @@ def _programs(programs: Any) -> dict[str, Program]:
 
 def _run_programs(run: Any, top: int) -> dict[str, Program]:
     """The ``top`` distinct best programs of a run, named ``evolved #id (fitness f)``."""
-    from evorl_nb.store import store_path
-    from evorl_nb.store import RunData, load_run
+    from evorl_nb.store import RunData, load_run, store_path
 
     data: RunData = run if isinstance(run, RunData) else load_run(store_path(run))
     out = {}

@@ -18,6 +18,7 @@ import networkx as nx
 
 from evorl_nb.ops import OPS, Type
 from evorl_nb.program import N_INPUTS, Program
+from evorl_nb.viz.style import COLUMN_WIDTH
 
 __all__ = ["TYPE_COLORS", "TYPE_SHAPES", "GRAD_COLOR", "graph_layout", "program_figure",
            "program_widget", "node_hover"]
@@ -45,7 +46,7 @@ EDGE_COLOR = "#555555"
 DEAD_COLOR = "#bbbbbb"
 DEAD_OPACITY = 0.3
 OUTPUT_OUTLINE = "#000000"
-MAX_WIDTH = 1100  # pixels: wider programs get narrower layers
+MAX_WIDTH = COLUMN_WIDTH  # pixels: wider programs get narrower layers
 
 
 def graph_layout(program: Program, *, prune: bool = False) -> dict[int, tuple[float, float]]:

@@ -21,15 +21,13 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 
 from evorl_nb.dqn import EpisodeRecord, TrainResult
 from evorl_nb.envs import get_spec
+from evorl_nb.viz.style import TEMPLATE, algorithm_color
 
 __all__ = ["QValueMonitor", "learning_curves", "score_bars", "moving_average"]
 
-PALETTE = qualitative.D3
-"""Colours given to algorithms in the order they first appear in a figure."""
 
 
 def moving_average(values: Any, k: int) -> np.ndarray:
@@ -76,12 +74,12 @@ class QValueMonitor:
             title=title or "Q-value overestimation: Q(s₀) (solid) vs realized discounted return"
                            " (dashed)" + smooth,
             xaxis_title="environment steps", yaxis_title="value of the initial state",
-            height=height, template="plotly_white", hovermode="x unified",
+            height=height, template=TEMPLATE, hovermode="x unified",
             legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0)))
         """The ``plotly.graph_objects.FigureWidget`` showing the traces."""
 
     def _add_traces(self, name: str) -> tuple[int, int]:
-        color = PALETTE[len(self._traces) % len(PALETTE)]
+        color = algorithm_color(name, len(self._traces))
         n = len(self.figure.data)
         common = dict(x=[], y=[], mode="lines", legendgroup=name, customdata=[])
         hover = "episode %{customdata}: %{y:.2f}"
@@ -172,11 +170,11 @@ def learning_curves(results: Mapping[str, Any], *, env_id: str | None = None, wi
     fig = go.Figure(layout=go.Layout(
         title=title or f"Learning curves on {spec.env_id} (mean of {window} episodes)",
         xaxis_title="environment steps", yaxis_title="normalized return",
-        yaxis_range=[-0.02, 1.02], template="plotly_white", height=420))
+        yaxis_range=[-0.02, 1.02], template=TEMPLATE, height=420))
     for k, (name, rs) in enumerate(runs.items()):
         if not rs:
             continue
-        color = PALETTE[k % len(PALETTE)]
+        color = algorithm_color(name, k)
         first = min(r.episodes[0].step for r in rs)
         last = max(r.episodes[-1].step for r in rs)
         grid = np.linspace(first, last, points) if last > first else np.array([float(first)])
@@ -220,11 +218,11 @@ def score_bars(table: Any, *, title: str | None = None) -> go.Figure:
     fig = go.Figure(layout=go.Layout(
         title=title or "Normalized score (mean ± std over seeds)", barmode="group",
         xaxis_title="environment", yaxis_title="normalized score", yaxis_range=[0, 1.05],
-        template="plotly_white", height=420))
+        template=TEMPLATE, height=420))
     for k, program in enumerate(dict.fromkeys(df["program"])):
         s = stats.loc[program].reindex(envs)
         fig.add_bar(x=envs, y=s["mean"].tolist(), name=str(program),
-                    marker_color=PALETTE[k % len(PALETTE)],
+                    marker_color=algorithm_color(program, k),
                     error_y=dict(type="data", array=s["std"].tolist(), visible=True),
                     customdata=s["count"].tolist(),
                     hovertemplate="%{x}: %{y:.3f} ± %{error_y.array:.3f} (%{customdata} runs)")
