@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -106,10 +106,17 @@ print(evorl_nb.runner.summary(OUT))
 evo = Evolution(config, seed=1)
 evaluator = ProgramEvaluator.from_config(config)
 steps = iterate(evo, evaluator)
-for _ in range(config.population + 2):  # the initial population, then two children
+initial = [next(steps) for _ in range(config.population)]  # the initial population
+kinds = sorted({prop.program.equation() for prop, _ in initial})
+statuses = sorted({outcome.status for _, outcome in initial})
+fits = [outcome.fitness for _, outcome in initial]
+print(f"initial population: {len(initial)} programs computing {len(kinds)} loss(es) "
+      f"({'; '.join(kinds)}), {'/'.join(statuses)}, fitness "
+      + (f"{fits[0]:.3f}" if min(fits) == max(fits) else f"{min(fits):.3f} to {max(fits):.3f}"))
+for _ in range(2):  # then two children, each a mutation of a tournament's winner
     prop, outcome = next(steps)
     print(f"{evo.recorded:>3}  parent {prop.parent_id!s:>4}  {outcome.status:<12} "
-          f"fitness {outcome.fitness:6.3f}  {prop.mutation or 'initial population'}")
+          f"fitness {outcome.fitness:6.3f}  {prop.mutation}")
 
 # %%
 prop, outcome = next(steps)  # one more child

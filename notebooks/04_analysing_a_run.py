@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -46,6 +46,7 @@ from evorl_nb.program import Program
 from evorl_nb.store import load_run
 from evorl_nb.viz.evolution import fitness_figure, lineage, lineage_figure, rates_figure
 from evorl_nb.viz.graph import program_figure
+from evorl_nb.viz.style import table
 
 if RUN is None and BUDGET != "ci":
     found = sorted((p for p in Path("runs").glob("*") if evorl_nb.runner.store_path(p).exists()),
@@ -68,12 +69,14 @@ print(evorl_nb.runner.summary(RUN))
 # %%
 best = data.best(5, distinct=True)
 top = pd.DataFrame([{
-    "rank": rank, "id": int(row["id"]),
-    "raw equation": Program.from_json(row["program"]).equation(simplify=False),
+    "rank": rank, "id": int(row["id"]), "fitness": float(row["fitness"]),
     "simplified equation": Program.from_json(row["program"]).equation(),
-    "fitness": round(float(row["fitness"]), 3)}
+    "raw equation (as evolved)": Program.from_json(row["program"]).equation(simplify=False)}
     for rank, (_, row) in enumerate(best.iterrows(), 1)])
-top.style.hide(axis="index")
+if (top["raw equation (as evolved)"] == top["simplified equation"]).all():
+    top = top.drop(columns="raw equation (as evolved)")
+    print("(each program's raw equation is already its simplified one)")
+table(top)
 
 # %% [markdown]
 # ## Re-scored on fresh seeds
@@ -97,7 +100,7 @@ show = ranked[["rank", "entry", "mean", "ci95", "vs_dqn", "vs_dqn_ci95", "beats_
                    "mean": "re-scored mean", "ci95": "± 95% CI", "vs_dqn": "vs DQN",
                    "vs_dqn_ci95": "± CI", "beats_dqn": "beats DQN",
                    "fitness": "search fitness"})
-show.style.hide(axis="index").format(precision=3, na_rep="")
+table(show)
 
 # %% [markdown]
 # ## The best program's graph
@@ -114,7 +117,7 @@ program_figure(best_program, title=f"best of the run: candidate {int(best_row['i
 
 # %%
 steps = lineage(data, int(best_row["id"]))
-display(pd.DataFrame(steps)[["id", "fitness", "mutation", "equation"]])
+display(table(pd.DataFrame(steps)[["id", "fitness", "mutation", "equation"]]))
 lineage_figure(data, int(best_row["id"]))
 
 # %% [markdown]

@@ -1,5 +1,6 @@
 """Real-browser UI tests: JupyterLab runs notebook 2 and its live Q-value plot renders;
-JupyterLab runs notebook 1 and the program explorer answers clicks on its buttons.
+JupyterLab runs notebook 1 and the program explorer answers clicks on its buttons; in every
+notebook no figure or widget is wider than its output column, and no table loses markup.
 
 JupyterLab is served on localhost from a temporary copy of ``notebooks/`` and driven by
 Playwright with Debian's Chromium (``apt-get install chromium``; no browser download). The
@@ -60,9 +61,11 @@ def jupyter_server(tmp_path_factory):
     home = base / "home"
     for d in ("home", "config", "data", "ipython"):
         (base / d).mkdir()
-    # Start the notebook's kernel without asking, and no news pop-up over the page.
+    # Start the notebook's kernel without asking, keep every cell in the page (no windowing:
+    # the width and table checks read all outputs), and no news pop-up over the page.
     settings = base / "settings"
-    for plugin, value in {"notebook-extension/tracker": {"autoStartDefaultKernel": True},
+    for plugin, value in {"notebook-extension/tracker": {"autoStartDefaultKernel": True,
+                                                         "windowingMode": "none"},
                           "apputils-extension/notification": {"fetchNews": "false"}}.items():
         target = settings / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -198,6 +201,62 @@ def page_errors(page) -> tuple[str, list[str]]:
     ).all_inner_texts()
 
 
+# JS: every figure or widget that reaches past the right edge of its cell's output column,
+# and the output column's width (JupyterLab at 1400 px with the file browser open: ~970 px).
+OVERFLOWS = """() => {
+  const outs = [...document.querySelectorAll('.jp-Notebook .jp-OutputArea-output')];
+  const found = [];
+  for (const o of outs) {
+    const col = o.getBoundingClientRect();
+    if (col.width === 0) continue;
+    for (const e of o.querySelectorAll('.js-plotly-plot .main-svg, .widget-box, img')) {
+      const r = e.getBoundingClientRect();
+      if (r.width > 0 && r.right > col.right + 2)
+        found.push({what: e.tagName + '.' + (e.getAttribute('class') || ''),
+                    width: Math.round(r.width), column: Math.round(col.width),
+                    over: Math.round(r.right - col.right)});
+    }
+  }
+  return {found, columns: outs.map(o => Math.round(o.getBoundingClientRect().width))
+                                 .filter(w => w > 0)};
+}"""
+
+# JS: elements inside table cells that are not text markup: an equation such as
+# "<s_t, s_{t+1}>" written into HTML unescaped becomes an unknown element and vanishes.
+STRAY_TAGS = """() => [...document.querySelectorAll('.jp-OutputArea-output td *')]
+  .map(e => e.tagName).filter(t => !['CODE', 'B', 'I', 'EM', 'STRONG', 'SPAN', 'SUB', 'SUP',
+                                     'BR', 'A', 'DIV', 'P'].includes(t))"""
+
+
+def assert_fits(page) -> None:
+    """No figure or widget in the notebook is wider than its output column."""
+    page.wait_for_timeout(500)
+    seen = page.evaluate(OVERFLOWS)
+    assert seen["columns"], "no outputs to measure"
+    assert not seen["found"], f"wider than the output column: {seen['found']}"
+
+
+@pytest.mark.parametrize("notebook", ["03_running_an_evolution.ipynb",
+                                      "04_analysing_a_run.ipynb",
+                                      "05_reproducing_the_paper.ipynb"])
+def test_notebook_outputs_fit_their_column_and_tables_show_their_equations(jupyter_server,
+                                                                          notebook):
+    screenshot = REPO / "test-output" / f"jupyterlab_{Path(notebook).stem}.png"
+    with notebook_page(jupyter_server, notebook, screenshot) as page:
+        page.wait_for_timeout(1000)
+        text, errors = page_errors(page)
+        stray = page.evaluate(STRAY_TAGS)
+        cells = page.locator(".jp-OutputArea-output td").all_inner_texts()
+        assert_fits(page)
+    assert not errors, f"cells raised errors: {errors}"
+    for message in WIDGET_ERRORS:
+        assert message not in text, f"widget error in page: {message!r}"
+    assert not stray, f"markup from table cells rendered as elements: {stray}"
+    if notebook.startswith("04"):  # its tables show equations, angle brackets included
+        assert any("Q(s_t, a_t)" in c or "δ^2" in c for c in cells), cells[:20]
+        assert any("<s_" in c for c in cells), [c for c in cells if "s_" in c]
+
+
 def test_notebook02_runs_in_jupyterlab_and_plots(jupyter_server):
     screenshot = REPO / "test-output" / "jupyterlab_notebook02.png"
     with notebook_page(jupyter_server, NOTEBOOK, screenshot) as page:
@@ -212,6 +271,7 @@ def test_notebook02_runs_in_jupyterlab_and_plots(jupyter_server):
             best = max(range(len(plots)), key=lambda i: plots[i]["lines"])
             page.locator(".js-plotly-plot").nth(best).scroll_into_view_if_needed()
             page.wait_for_timeout(500)
+        assert_fits(page)
 
     assert screenshot.exists()
     assert not errors, f"cells raised errors: {errors}"
@@ -262,6 +322,7 @@ def test_notebook01_program_explorer_answers_clicks(jupyter_server):
         evaluated = page.evaluate(EXPLORER_STATE)
         text, errors = page_errors(page)
         button("Evaluate").scroll_into_view_if_needed()
+        assert_fits(page)
 
     assert not errors, f"cells raised errors: {errors}"
     for message in WIDGET_ERRORS:

@@ -140,3 +140,47 @@ def test_score_bars_error_bars_are_the_std():
                                                          np.std([0.1, 0.3, 0.2], ddof=1)])
     with pytest.raises(ValueError, match="score"):
         score_bars([{"program": "dqn", "env": "CartPole-v1"}])
+
+
+def test_monitor_draws_the_mean_of_several_seeds_with_a_band(two_seeds):
+    runs = two_seeds["DQN"]
+    monitor = QValueMonitor(min_interval=3600.0)  # hold every redraw back until refresh()
+    for seed, run in enumerate(runs):
+        for record in run.episodes:
+            monitor.add("DQN", record, run=seed)
+    assert len(monitor.figure.data) == 2 and len(monitor.figure.data[0].x) <= 1  # held back
+    monitor.refresh()
+    q, ret, band = monitor.figure.data
+    assert "mean of 2" in q.name and "mean of 2" in ret.name and band.fill == "toself"
+    assert q.line.color == ret.line.color
+    # the mean line sits inside the band, which spans the two seeds' Q(s_0)
+    n = len(q.x)
+    hi, lo = np.array(band.y[:n]), np.array(band.y[n:][::-1])
+    assert np.all(lo <= np.array(q.y) + 1e-9) and np.all(np.array(q.y) <= hi + 1e-9)
+    last = [r.episodes[-1] for r in runs]
+    top = max(e.step for e in last)
+    assert q.x[-1] <= top and q.x[0] >= 0
+    per_run = monitor.run_biases("DQN")
+    assert set(per_run) == {0, 1}
+    for seed, run in enumerate(runs):
+        learned = [e.q_initial - e.discounted_return for e in run.episodes
+                   if not math.isnan(e.batch_q_mean)]
+        assert per_run[seed] == pytest.approx(np.mean(learned))
+
+
+def test_every_algorithm_has_one_colour_in_every_figure(monitored, two_seeds):
+    from evorl_nb.viz.style import ALGORITHM_COLORS, algorithm_color
+
+    monitor, _ = monitored
+    curves = learning_curves(two_seeds)
+    bars = score_bars([{"program": n, "env": ENV, "score": r.score()}
+                       for n, rs in two_seeds.items() for r in rs])
+    for name, prog in NAMES.items():  # "DQNReg" and "dqn_reg" are one algorithm
+        want = ALGORITHM_COLORS[prog]
+        assert algorithm_color(name) == want
+        assert {t.line.color for t in monitor.figure.data if t.name.startswith(name + ":")} \
+            == {want}
+        assert {t.line.color for t in curves.data
+                if t.name.startswith(name + " (") and t.fill != "toself"} == {want}
+        assert [t.marker.color for t in bars.data if t.name == name] == [want]
+    assert algorithm_color("id:7981", 0) not in ALGORITHM_COLORS.values()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["TEMPLATE", "COLUMN_WIDTH", "ALGORITHM_COLORS", "algorithm_color", "fit"]
+__all__ = ["TEMPLATE", "COLUMN_WIDTH", "ALGORITHM_COLORS", "algorithm_color", "fit", "table"]
 
 TEMPLATE = "plotly_white"
 """The plotly template of every figure."""
@@ -58,3 +58,21 @@ def fit(fig, height: int | None = None, legend_below: bool = False):
     if legend_below:
         fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0})
     return fig
+
+
+def table(df, precision: int = 3):
+    """A pandas Styler for a table people read: cells HTML-escaped (so ``<s_t, s_{t+1}>``
+    shows), text left-aligned and wrapped rather than cut, numbers to ``precision`` decimals,
+    NaN blank, no index."""
+    import pandas as pd
+
+    text = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])
+            or pd.api.types.is_bool_dtype(df[c])]
+    styler = df.style.hide(axis="index").format(precision=precision, na_rep="", escape="html")
+    integers = [c for c in df.columns if pd.api.types.is_integer_dtype(df[c])]
+    if integers:
+        styler = styler.format("{:d}", subset=integers)
+    styler = styler.set_properties(subset=text, **{"text-align": "left", "white-space": "normal",
+                                                   "overflow-wrap": "anywhere"})
+    return styler.set_table_styles([{"selector": "th", "props": [("text-align", "left")]},
+                                    {"selector": "", "props": [("max-width", "100%")]}])

@@ -15,6 +15,7 @@ True
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -58,16 +59,28 @@ class QValueMonitor:
     points stay in ``records``. A grey band marks the episodes before the first gradient
     step. Display ``monitor.figure`` in a notebook, then pass
     ``callback=monitor.callback(name)`` to :func:`evorl_nb.dqn.train`.
+
+    Several runs of one algorithm (seeds: ``add(name, record, run=seed)``, e.g. from the
+    population trainer's callback) are drawn as their mean over a common step grid, with a
+    shaded band spanning the runs' lowest and highest Q(s_0). ``min_interval`` (seconds)
+    redraws an algorithm at most that often while records stream in; :meth:`refresh` draws
+    what is left.
     """
 
-    def __init__(self, *, smoothing: int = 1, title: str | None = None, height: int = 450):
+    def __init__(self, *, smoothing: int = 1, title: str | None = None, height: int = 450,
+                 min_interval: float = 0.0):
         """Create the empty figure; ``smoothing`` is the moving-average window in episodes."""
         if smoothing < 1:
             raise ValueError(f"smoothing must be >= 1, got {smoothing}")
         self.smoothing = smoothing
+        self.min_interval = float(min_interval)
         self.records: dict[str, list[EpisodeRecord]] = {}
-        """The raw episode records received, per algorithm name."""
-        self._traces: dict[str, tuple[int, int]] = {}
+        """The raw episode records received, per algorithm name (every run's, in arrival
+        order)."""
+        self._by_run: dict[str, dict[Any, list[EpisodeRecord]]] = {}
+        self._traces: dict[str, list[int]] = {}
+        self._drawn: dict[str, float] = {}
+        self._stale: set[str] = set()
         self._marked = False
         smooth = f" (mean of {smoothing} episodes)" if smoothing > 1 else ""
         self.figure = go.FigureWidget(layout=go.Layout(
@@ -78,7 +91,7 @@ class QValueMonitor:
             legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0)))
         """The ``plotly.graph_objects.FigureWidget`` showing the traces."""
 
-    def _add_traces(self, name: str) -> tuple[int, int]:
+    def _add_traces(self, name: str) -> list[int]:
         color = algorithm_color(name, len(self._traces))
         n = len(self.figure.data)
         common = dict(x=[], y=[], mode="lines", legendgroup=name, customdata=[])
@@ -88,41 +101,97 @@ class QValueMonitor:
         self.figure.add_scatter(name=f"{name}: return", line=dict(color=color, width=1.5,
                                                                   dash="dash"),
                                 opacity=0.8, hovertemplate=hover, **common)
-        self._traces[name] = (n, n + 1)
+        self._traces[name] = [n, n + 1]
         return self._traces[name]
 
-    def add(self, name: str, record: EpisodeRecord) -> None:
-        """Append one finished episode of algorithm ``name`` to the records and the figure."""
-        recs = self.records.setdefault(name, [])
+    def add(self, name: str, record: EpisodeRecord, run: Any = 0) -> None:
+        """Append one finished episode of run ``run`` (a seed, say) of algorithm ``name`` to
+        the records and the figure."""
+        self.records.setdefault(name, []).append(record)
+        recs = self._by_run.setdefault(name, {}).setdefault(run, [])
         recs.append(record)
-        iq, ir = self._traces.get(name) or self._add_traces(name)
+        if name not in self._traces:
+            self._add_traces(name)
         if not self._marked and not math.isnan(record.batch_q_mean) and len(recs) > 1:
             # shade the episodes before the first gradient step: Q(s0) is the untrained net's
             self._marked = True
             self.figure.add_vrect(x0=0, x1=recs[-2].step, fillcolor="grey", opacity=0.1,
                                   line_width=0, annotation_text="before learning",
                                   annotation_position="top left")
-        x = tuple(r.step for r in recs)
-        eps = tuple(r.episode for r in recs)
-        q = moving_average([r.q_initial for r in recs], self.smoothing)
-        ret = moving_average([r.discounted_return for r in recs], self.smoothing)
+        now = time.monotonic()
+        if self.min_interval and now - self._drawn.get(name, -math.inf) < self.min_interval:
+            self._stale.add(name)
+            return
+        self._drawn[name] = now
+        self._draw(name)
+
+    def refresh(self) -> None:
+        """Draw every algorithm whose latest records :attr:`min_interval` held back."""
+        for name in sorted(self._stale):
+            self._draw(name)
+        self._stale.clear()
+
+    def _draw(self, name: str) -> None:
+        self._stale.discard(name)
+        runs = self._by_run[name]
+        iq, ir = self._traces[name][:2]
+        if len(runs) == 1:
+            recs = next(iter(runs.values()))
+            x = tuple(r.step for r in recs)
+            eps = tuple(r.episode for r in recs)
+            q = moving_average([r.q_initial for r in recs], self.smoothing)
+            ret = moving_average([r.discounted_return for r in recs], self.smoothing)
+            with self.figure.batch_update():
+                for i, y in ((iq, q), (ir, ret)):
+                    tr = self.figure.data[i]
+                    tr.x, tr.y, tr.customdata = x, tuple(y.tolist()), eps
+            return
+        top = max(recs[-1].step for recs in runs.values())
+        grid = np.linspace(0, top, 150)
+        qs, rets = [], []
+        for recs in runs.values():
+            steps = np.array([r.step for r in recs], dtype=float)
+            for out, field in ((qs, "q_initial"), (rets, "discounted_return")):
+                y = moving_average([getattr(r, field) for r in recs], self.smoothing)
+                out.append(np.interp(grid, steps, y, left=np.nan, right=np.nan))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # grid points no run has reached
+            q_mean, q_lo, q_hi = (f(qs, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax))
+            r_mean = np.nanmean(rets, axis=0)
+        ok = ~np.isnan(q_mean)
+        g = grid[ok]
+        if len(self._traces[name]) == 2:  # the band, added with the second run
+            color = self.figure.data[iq].line.color
+            self.figure.add_scatter(x=[], y=[], fill="toself", fillcolor=_rgba(color, 0.18),
+                                    line=dict(width=0), mode="lines", legendgroup=name,
+                                    showlegend=False, hoverinfo="skip",
+                                    name=f"{name}: Q(s₀) range")
+            self._traces[name].append(len(self.figure.data) - 1)
+        ib = self._traces[name][2]
         with self.figure.batch_update():
-            for i, y in ((iq, q), (ir, ret)):
-                tr = self.figure.data[i]
-                tr.x, tr.y, tr.customdata = x, tuple(y.tolist()), eps
+            self.figure.data[iq].update(x=g, y=q_mean[ok], customdata=None,
+                                        name=f"{name}: Q(s₀), mean of {len(runs)}",
+                                        hovertemplate="%{y:.2f}")
+            self.figure.data[ir].update(x=g, y=r_mean[ok], customdata=None,
+                                        name=f"{name}: return, mean of {len(runs)}",
+                                        hovertemplate="%{y:.2f}")
+            self.figure.data[ib].update(x=np.concatenate([g, g[::-1]]),
+                                        y=np.concatenate([q_hi[ok], q_lo[ok][::-1]]))
 
-    def callback(self, name: str) -> Callable[[EpisodeRecord], None]:
-        """A function ``f(record)`` for ``train(..., callback=f)`` that plots under ``name``.
+    def callback(self, name: str, run: Any = 0) -> Callable[[EpisodeRecord], None]:
+        """A function ``f(record)`` for ``train(..., callback=f)`` that plots under ``name``
+        (as run ``run`` of it).
 
-        Use one name per training run: a second run under the same name continues the same
-        lines (its steps restart from 0).
+        Use one name and run per training run: a second run under the same name and run
+        continues the same lines (its steps restart from 0).
         """
         def on_episode(record: EpisodeRecord) -> None:
-            self.add(name, record)
+            self.add(name, record, run)
         return on_episode
 
     def bias(self, name: str) -> float:
-        """Mean of ``q_initial - discounted_return`` over the episodes after learning started.
+        """Mean of ``q_initial - discounted_return`` over the episodes after learning started
+        (every run's).
 
         Positive: the network overestimates the value of the initial state; negative: it
         underestimates. Episodes before the first gradient step (``batch_q_mean`` NaN) are
@@ -131,6 +200,15 @@ class QValueMonitor:
         diffs = [r.q_initial - r.discounted_return for r in self.records.get(name, [])
                  if not math.isnan(r.batch_q_mean)]
         return float(np.mean(diffs)) if diffs else float("nan")
+
+    def run_biases(self, name: str) -> dict[Any, float]:
+        """:meth:`bias` of each run of ``name`` on its own (to give a spread over seeds)."""
+        out = {}
+        for run, recs in self._by_run.get(name, {}).items():
+            diffs = [r.q_initial - r.discounted_return for r in recs
+                     if not math.isnan(r.batch_q_mean)]
+            out[run] = float(np.mean(diffs)) if diffs else float("nan")
+        return out
 
     def biases(self) -> dict[str, float]:
         """:meth:`bias` of every algorithm recorded, in the order they were added."""
