@@ -2,6 +2,10 @@ PY ?= python3
 VENV = .venv
 BIN = $(VENV)/bin
 TORCH_PIN = torch==2.13.0
+# TORCH=cpu installs torch from PyTorch's CPU wheel index (a CPU-only machine whose pip
+# would otherwise resolve the CUDA build); the default takes whatever pip is configured with
+TORCH ?= default
+TORCH_INDEX_cpu = --index-url https://download.pytorch.org/whl/cpu
 
 RUN ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
 
@@ -13,7 +17,7 @@ RUN ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install $(TORCH_PIN)
+	$(BIN)/python -m pip install $(TORCH_PIN) $(TORCH_INDEX_$(TORCH))
 	$(BIN)/python -m pip install -e '.[dev,notebooks,sb3]'
 	touch $@
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -250,13 +250,16 @@ for tries in range(1, 201):
     if how.kind == "point" and child.fingerprint() != parent.fingerprint():
         break
 print(f"after {tries} tries:", how.describe())
-program_figure(parent, show_dead=False, title="parent (live nodes)").show()
-program_figure(child, show_dead=False, title="child (live nodes)").show()
+program_figure(parent, show_dead=False, highlight=[how.index],
+               title=f"parent (live nodes; node {how.index} is the one mutated)").show()
+program_figure(child, show_dead=False, highlight=[how.index],
+               title=f"child (live nodes; node {how.index} after the mutation)").show()
 display(Math(r"\text{parent: } " + parent.equation(latex=True)))
 display(Math(r"\text{child: } " + child.equation(latex=True)))
 
 # %% [markdown]
-# Compare the two graphs: which input did the mutated node read before, and which now?
+# Compare the two graphs: the ringed node is the mutated one (the inputs keep their rows in
+# both drawings). Which nodes did it read before, and which now?
 # Evolution is this step repeated thousands of times, keeping the children that train
 # better agents.
 

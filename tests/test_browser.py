@@ -221,9 +221,11 @@ OVERFLOWS = """() => {
                                  .filter(w => w > 0)};
 }"""
 
-# JS: elements inside table cells that are not text markup: an equation such as
-# "<s_t, s_{t+1}>" written into HTML unescaped becomes an unknown element and vanishes.
+# JS: elements inside table cells that are not text markup or typeset math: an equation
+# such as "<s_t, s_{t+1}>" written into HTML unescaped becomes an unknown element and
+# vanishes.
 STRAY_TAGS = """() => [...document.querySelectorAll('.jp-OutputArea-output td *')]
+  .filter(e => !e.closest('mjx-container'))  // typeset math (MathJax's own elements)
   .map(e => e.tagName).filter(t => !['CODE', 'B', 'I', 'EM', 'STRONG', 'SPAN', 'SUB', 'SUP',
                                      'BR', 'A', 'DIV', 'P'].includes(t))"""
 
@@ -247,11 +249,14 @@ def test_notebook_outputs_fit_their_column_and_tables_show_their_equations(jupyt
         text, errors = page_errors(page)
         stray = page.evaluate(STRAY_TAGS)
         cells = page.locator(".jp-OutputArea-output td").all_inner_texts()
+        typeset = page.locator(".jp-OutputArea-output td mjx-container").count()
         assert_fits(page)
     assert not errors, f"cells raised errors: {errors}"
     for message in WIDGET_ERRORS:
         assert message not in text, f"widget error in page: {message!r}"
     assert not stray, f"markup from table cells rendered as elements: {stray}"
+    if notebook.startswith("03"):  # the dashboard's top programs, typeset by MathJax
+        assert typeset > 0, "the dashboard's equations were not typeset"
     if notebook.startswith("04"):  # its tables show equations, angle brackets included
         assert any("Q(s_t, a_t)" in c or "δ^2" in c for c in cells), cells[:20]
         assert any("<s_" in c for c in cells), [c for c in cells if "s_" in c]

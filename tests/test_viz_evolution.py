@@ -75,7 +75,7 @@ def test_dashboard_refresh_follows_resume(tmp_path):
     path = _start(tmp_path / "r")
     dash = EvolutionDashboard(tmp_path / "r")
     assert len(_trace(dash.fitness, "best so far").x) == 30
-    assert "<table>" in dash.table.value
+    assert "<table>" in dash.table.value and "\\(" in dash.table.value  # typeset equations
     evorl_nb.runner.resume(path, candidates=40, evaluator=FakeEvaluator(), progress=False,
                            verbose=False)
     assert dash.refresh()

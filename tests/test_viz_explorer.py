@@ -148,7 +148,7 @@ def test_evaluate_plots_every_episode_and_reports_the_score():
     ex = ProgramExplorer(["dqn"], config="ci")
     result = ex.evaluate(wait=True)
     assert not result.failed and result.episodes and ex.result is result
-    label = "dqn #1"
+    label = "dqn #1 (seed 0)"
     assert ex.results == {label: result}
     curve = ex.curve.data[0]
     assert curve.name == label and len(curve.x) == len(curve.y) == len(result.episodes)
@@ -159,11 +159,14 @@ def test_evaluate_plots_every_episode_and_reports_the_score():
     assert ex.score == pytest.approx(result.score()) and 0 <= ex.score <= 1
     assert f"{ex.score:.3f}" in ex.status.value and "normalized score" in ex.status.value
     assert not ex.evaluate_button.disabled and ex.stop_button.disabled
-    # in the background: the same seed trains the same run, into new traces
+    # in the background, evaluating again: the next seed, a new run in new traces (the same
+    # seed would draw the same curve over the first one)
     assert ex.evaluate() is None
     again = ex.wait(timeout=120)
-    assert list(again.returns) == list(result.returns)
+    assert again.seed == 1 and "dqn #2 (seed 1)" in ex.results
     assert len(ex.curve.data) == 2 and len(ex.curve.data[1].x) == len(again.episodes)
+    same = ex.evaluate(wait=True, seed=0)  # an explicit seed is taken as it is
+    assert list(same.returns) == list(result.returns)
     with pytest.raises(Exception, match="Nowhere"):
         ex.evaluate(wait=True, env_id="Nowhere-v0")
 

@@ -145,11 +145,12 @@ def test_gradient_path_edges_for_dqn():
     trace = next(t for t in fig.data if t.name == "gradient path")
     assert trace.line.color == GRAD_COLOR
     assert trace.line.width > next(t for t in fig.data if t.name == "edge").line.width
-    # the drawn segments are the edges at their layout positions
+    # each drawn edge runs from its source's layout position to its target's (through
+    # waypoints where it is routed around other nodes), then None
     pos = graph_layout(prog)
-    for k in range(0, len(trace.x), 3):
-        s, d = trace.customdata[k]
-        assert (trace.x[k], trace.y[k], trace.x[k + 1], trace.y[k + 1]) == (*pos[s], *pos[d])
+    for s, d, points in _polylines(trace):
+        assert points[0] == pos[s] and points[-1] == pos[d]
+        assert all(a[0] < b[0] for a, b in zip(points, points[1:]))  # left to right
     # one arrow per edge, red on the gradient path
     arrows = [a for a in fig.layout.annotations if a.showarrow]
     assert len(arrows) == g.number_of_edges()
@@ -192,3 +193,50 @@ def test_program_widget_contains_figure_widget():
     assert len(math) == 1
     assert prog.equation(latex=True) in math[0].value
     assert prog.equation(latex=True, simplify=False) in math[0].value
+
+
+def _polylines(trace):
+    """(source, target, points) of each edge drawn in an edge trace."""
+    out, points = [], []
+    for x, y, cd in zip(trace.x, trace.y, trace.customdata, strict=True):
+        if x is None:
+            out.append((cd[0], cd[1], points))
+            points = []
+        else:
+            points.append((x, y))
+    return out
+
+
+@pytest.mark.parametrize("name", ["dqn", "ddqn", "dqn_clipped", "cql", "mdqn"])
+def test_edges_do_not_cross_other_nodes(name):
+    """An edge that skips layers is routed through their gaps: at every layer it passes, it
+    is clear of the boxes there (so a live edge never reads as an input of a dead node)."""
+    prog = library.get(name)
+    fig = program_figure(prog)
+    pos = graph_layout(prog)
+    n_y = max(sum(1 for p in pos.values() if p[0] == x) for x in {p[0] for p in pos.values()})
+    m = fig.layout.margin
+    half = 12.0 / ((fig.layout.height - m.t - m.b) / (n_y + 0.4))  # box half height, units
+    crossings = 0
+    for trace in fig.data:
+        if trace.name not in ("gradient path", "edge", "dead edge"):
+            continue
+        for s, d, points in _polylines(trace):
+            for (xa, ya), (xb, yb) in zip(points, points[1:]):
+                for i, (x, y) in pos.items():
+                    if i in (s, d) or not xa < x < xb:
+                        continue
+                    at = ya + (yb - ya) * (x - xa) / (xb - xa)
+                    crossings += abs(at - y) < half
+    assert crossings == 0
+
+
+def test_highlight_rings_the_changed_node_and_inputs_keep_their_rows():
+    prog = library.get("dqn_reg")
+    changed = prog.output
+    fig = program_figure(prog, show_dead=False, highlight=[changed])
+    ring = next(t for t in fig.data if t.name == "changed by the mutation")
+    assert list(ring.customdata) == [changed]
+    pos, full = graph_layout(prog, prune=True), graph_layout(prog)
+    assert all(pos[i] == full[i] for i in range(7))  # every input, live or not, keeps its row
+    assert "changed by the mutation" not in {t.name for t in program_figure(prog).data}

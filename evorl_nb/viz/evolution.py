@@ -36,9 +36,9 @@ def _data(run: Any) -> RunData:
     return run if isinstance(run, RunData) else load_run(store_path(run))
 
 
-def _equation(program_json: str, simplify: bool = True) -> str:
+def _equation(program_json: str, simplify: bool = True, latex: bool = False) -> str:
     try:
-        return Program.from_json(program_json).equation(simplify=simplify)
+        return Program.from_json(program_json).equation(simplify=simplify, latex=latex)
     except Exception as e:  # noqa: BLE001 - a view must not die on one odd program
         return f"(no equation: {e})"
 
@@ -161,13 +161,23 @@ def lineage_figure(run: Any, candidate_id: int) -> go.Figure:
     return fig
 
 
-def _top_table(data: RunData, k: int = 5) -> str:
+def _top_table(data: RunData, k: int = 5, latex: bool = False) -> str:
+    """The top-k distinct programs as an HTML table; with ``latex`` the equations are
+    LaTeX between ``\\(...\\)`` (typeset where the page runs MathJax: JupyterLab's HTMLMath
+    widget), else plain text in ``<code>``. Long equations wrap instead of being cut."""
     best = data.best(k, distinct=True)
+
+    def eq(program_json: str) -> str:
+        if latex:
+            return "\\(" + html.escape(_equation(program_json, latex=True)) + "\\)"
+        return f"<code>{html.escape(_equation(program_json))}</code>"
+
+    cell = "style='text-align:left;white-space:normal;overflow-wrap:anywhere'"
     rows = "".join(f"<tr><td>{r}</td><td>{int(row['id'])}</td><td>{row['fitness']:.3f}</td>"
-                   f"<td><code>{html.escape(_equation(row['program']))}</code></td></tr>"
+                   f"<td {cell}>{eq(row['program'])}</td></tr>"
                    for r, (_, row) in enumerate(best.iterrows(), start=1))
-    return ("<table><tr><th>rank</th><th>id</th><th>fitness</th><th>equation (simplified)</th>"
-            f"</tr>{rows}</table>")
+    return ("<table><tr><th>rank</th><th>id</th><th>fitness</th>"
+            f"<th style='text-align:left'>equation (simplified)</th></tr>{rows}</table>")
 
 
 def run_report(run: Any, k: int = 10) -> str:
@@ -228,8 +238,8 @@ class EvolutionDashboard:
         """FigureWidget of the rolling rates."""
         self.status = w.HTML("waiting for the run to start")
         """HTML line saying how far the run is."""
-        self.table = w.HTML("")
-        """HTML table of the top-5 distinct programs."""
+        self.table = w.HTMLMath("")
+        """HTMLMath table of the top-5 distinct programs, equations typeset."""
         self.widget = w.VBox([self.status, self.fitness, self.rates, self.table])
         """The ``ipywidgets.VBox`` holding everything."""
         self._stop = threading.Event()
@@ -258,7 +268,7 @@ class EvolutionDashboard:
         self.status.value = (f"<b>{r['total']}</b> / {total} candidates{done}: {r['evaluated']} "
                              f"trained, duplicates {r['duplicate']:.0%}, below hurdle "
                              f"{r['below_hurdle']:.0%}, failed {r['failed']:.0%}")
-        self.table.value = _top_table(data)
+        self.table.value = _top_table(data, latex=True)
         return True
 
     def start(self, interval: float = 5.0) -> None:

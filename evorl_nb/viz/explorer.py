@@ -35,7 +35,7 @@ import numpy as np
 from evorl_nb import library
 from evorl_nb.program import N_INPUTS, Program
 from evorl_nb.search_space import Mutation, SearchSpace, get_space, mutate_explained
-from evorl_nb.viz.graph import graph_layout, program_figure
+from evorl_nb.viz.graph import program_figure
 from evorl_nb.viz.style import TEMPLATE
 
 if TYPE_CHECKING:
@@ -43,9 +43,6 @@ if TYPE_CHECKING:
     from evorl_nb.store import RunData
 
 __all__ = ["ProgramExplorer", "Change", "HistoryEntry"]
-
-CHANGED_COLOR = "#ffbf00"
-"""Colour of the ring drawn around the nodes a mutation changed."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +178,7 @@ class ProgramExplorer:
         config's ``failure_score``)."""
         self._mutants = 0  # mutants made (names them)
         self._runs = 0  # evaluations started (names them)
+        self._evaluated: dict[str, int] = {}  # evaluations per program (their next seed)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -315,9 +313,8 @@ class ProgramExplorer:
     def _show(self) -> None:
         """Redraw the figure, equation, history line and change panel for the program shown."""
         prog, change = self.program, self.change
-        fig = program_figure(prog, show_dead=self.dead.value, title=self.name)
-        if change is not None:
-            _ring(fig, prog, change.changed, show_dead=self.dead.value)
+        fig = program_figure(prog, show_dead=self.dead.value, title=self.name,
+                             highlight=change.changed if change is not None else ())
         with self.figure.batch_update():
             self.figure.data = []
             self.figure.add_traces(fig.data)
@@ -389,7 +386,9 @@ class ProgramExplorer:
         call :meth:`wait` for the :class:`~evorl_nb.dqn.TrainResult`. ``wait=True`` trains in
         the calling thread (the kernel is busy meanwhile; widgets still update) and returns
         it. ``env_id`` (default: the env picked), ``config`` (default: :attr:`config`) and
-        ``seed`` (default: :attr:`train_seed`) override the explorer's settings for this run.
+        ``seed`` (default: :attr:`train_seed`, plus one for each earlier evaluation of the same
+        program, so evaluating again shows a new run beside the first instead of the same
+        curve over it) override the explorer's settings for this run.
         A run whose loss fails (NaN, explosion, an error) is shown with its reason and scores
         the config's ``failure_score``; it never raises. One evaluation at a time.
         """
@@ -401,9 +400,12 @@ class ProgramExplorer:
         spec = get_spec(env_id or self.env.value)
         cfg = self.config if config is None else (
             get_config(config) if isinstance(config, str) else config)
-        seed = self.train_seed if seed is None else seed
+        key = self.program.structural_hash()
+        if seed is None:  # a repeated evaluation of one program trains a new seed: a new curve
+            seed = self.train_seed + self._evaluated.get(key, 0)
+        self._evaluated[key] = self._evaluated.get(key, 0) + 1
         self._runs += 1
-        label = f"{self.name} #{self._runs}"
+        label = f"{self.name} #{self._runs} (seed {seed})"
         self._stop = threading.Event()
         self._error = None
         self.result, self.score = None, None
@@ -516,17 +518,6 @@ def _monitor():
 
     return QValueMonitor(height=380, title="Q(s₀) (solid) vs realized discounted return "
                                            "(dashed): overestimation")
-
-
-def _ring(fig, program: Program, indices: Iterable[int], *, show_dead: bool) -> None:
-    """Add a trace named "changed": a ring around each of ``indices`` that is drawn."""
-    pos = graph_layout(program, prune=not show_dead)
-    idx = [i for i in indices if i in pos]
-    if idx:
-        fig.add_scatter(x=[pos[i][0] for i in idx], y=[pos[i][1] for i in idx], mode="markers",
-                        name="changed by the mutation", customdata=idx, hoverinfo="skip",
-                        marker=dict(symbol="circle-open", size=46, color=CHANGED_COLOR,
-                                    line=dict(width=4, color=CHANGED_COLOR)))
 
 
 def _tex_escape(text: str) -> str:

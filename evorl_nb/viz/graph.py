@@ -13,6 +13,7 @@ drawing (:func:`program_figure`) and the notebook widget
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 
 import networkx as nx
 
@@ -20,8 +21,8 @@ from evorl_nb.ops import OPS, Type
 from evorl_nb.program import N_INPUTS, Program
 from evorl_nb.viz.style import COLUMN_WIDTH
 
-__all__ = ["TYPE_COLORS", "TYPE_SHAPES", "GRAD_COLOR", "graph_layout", "program_figure",
-           "program_widget", "node_hover"]
+__all__ = ["TYPE_COLORS", "TYPE_SHAPES", "GRAD_COLOR", "CHANGED_COLOR", "graph_layout",
+           "program_figure", "program_widget", "node_hover"]
 
 TYPE_COLORS: dict[Type, str] = {
     Type.R: "#1f77b4",      # blue
@@ -56,11 +57,12 @@ def graph_layout(program: Program, *, prune: bool = False) -> dict[int, tuple[fl
     from a smaller to a larger x). Within a generation nodes are ordered by
     the mean y of the nodes they read (then by index) and spread evenly, one
     unit apart, centred on y=0; the first is on top. ``prune=True`` lays out
-    the live nodes only (indices are kept). Deterministic.
+    the live nodes and the inputs only (indices are kept; every input keeps its row, so
+    two related programs' drawings line up). Deterministic.
     """
     g = program.to_networkx()
-    if prune:
-        g = g.subgraph(program.live())
+    if prune:  # the inputs stay, so drawings of a parent and its child line up row by row
+        g = g.subgraph(set(program.live()) | set(range(N_INPUTS)))
     pos: dict[int, tuple[float, float]] = {}
     for x, layer in enumerate(nx.topological_generations(g)):
         def key(i: int) -> tuple[float, int]:  # mean height of the nodes read, higher first
@@ -105,7 +107,44 @@ def _default_title(program: Program) -> str:
     return f"{program.name or 'program'}:  {program.equation()}"
 
 
-def program_figure(program: Program, *, show_dead: bool = True, title: str | None = None):
+CHANGED_COLOR = "#ffbf00"
+"""Colour of the ring around the nodes a mutation changed (``highlight``)."""
+
+
+def _route(pos: dict[int, tuple[float, float]], s: int, d: int, half_x: float,
+           half_y: dict[int, float]) -> list[tuple[float, float]]:
+    """The points an edge s -> d is drawn through: straight where that clears every node box
+    in the layers between them, else through the free gap of each such layer nearest the
+    straight line (boxes are ``half_x`` wide and ``half_y[i]`` high, in layout units)."""
+    (x0, y0), (x1, y1) = pos[s], pos[d]
+    layers = range(int(x0) + 1, int(x1))
+    if not layers:
+        return [(x0, y0), (x1, y1)]
+    by_layer: dict[int, list[int]] = {}
+    for i, (x, _) in pos.items():
+        if int(x0) < x < int(x1):
+            by_layer.setdefault(int(x), []).append(i)
+
+    def blocked(x: int, y: float) -> bool:
+        return any(abs(y - pos[i][1]) < half_y[i] + 0.12 for i in by_layer.get(x, ()))
+
+    def at(x: float) -> float:
+        return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+    if not any(blocked(x, at(x + dx)) for x in layers for dx in (-half_x, 0.0, half_x)):
+        return [(x0, y0), (x1, y1)]
+    points = [(x0, y0)]
+    for x in layers:
+        ys = sorted(pos[i][1] for i in by_layer.get(x, ()))
+        gaps = [(a + b) / 2 for a, b in zip(ys, ys[1:], strict=False)]
+        gaps += [ys[-1] + 0.5, ys[0] - 0.5] if ys else [at(x)]
+        free = [g for g in gaps if not blocked(x, g)] or gaps
+        points.append((float(x), min(free, key=lambda g: (abs(g - at(x)), g))))
+    return points + [(x1, y1)]
+
+
+def program_figure(program: Program, *, show_dead: bool = True, title: str | None = None,
+                   highlight: Iterable[int] = ()):
     """The program's DAG as a ``plotly.graph_objects.Figure``.
 
     One marker per node (inputs included), coloured by value type (one legend
@@ -115,8 +154,11 @@ def program_figure(program: Program, *, show_dead: bool = True, title: str | Non
     the gradient path (both ends live and carrying the gradient of ``q``) are
     red and thick. Arrows point left to right. The title defaults to the
     program's name and its simplified equation as plain text (``program_widget``
-    shows it typeset). Every node marker's ``customdata`` is its graph index; every
-    edge trace point's ``customdata`` is its ``[source, target]``.
+    shows it typeset). ``highlight`` rings the given nodes (a mutation's changed node, in
+    the parent's and the child's drawing). An edge that would cross another node's box is
+    routed through the gaps of the layers it passes. Every node marker's ``customdata`` is
+    its graph index; every edge trace point's ``customdata`` is its ``[source, target]``
+    (an edge is its points from source to target, then None).
     """
     import plotly.graph_objects as go
 
@@ -139,6 +181,8 @@ def program_figure(program: Program, *, show_dead: bool = True, title: str | Non
         length = (dx * dx + dy * dy) ** 0.5
         return min(hw / abs(dx) if dx else 1e9, hh / abs(dy) if dy else 1e9) * length + 2
 
+    half_x = max(hw for hw, _ in half.values()) / sx  # box half sizes in layout units
+    half_y = {i: hh / sy for i, (_, hh) in half.items()}
     fig = go.Figure()
     groups: dict[str, list[tuple[int, int]]] = {"gradient path": [], "edge": [], "dead edge": []}
     for s, d in program.to_networkx().edges():
@@ -156,15 +200,18 @@ def program_figure(program: Program, *, show_dead: bool = True, title: str | Non
         color, lw, opacity = style[name]
         xs, ys, cd = [], [], []
         for s, d in edges:
-            xs += [pos[s][0], pos[d][0], None]
-            ys += [pos[s][1], pos[d][1], None]
-            cd += [[s, d]] * 3
-            dx, dy = (pos[d][0] - pos[s][0]) * sx, (pos[d][1] - pos[s][1]) * sy
-            fig.add_annotation(x=pos[d][0], y=pos[d][1], ax=pos[s][0], ay=pos[s][1],
+            points = _route(pos, s, d, half_x, half_y)
+            xs += [x for x, _ in points] + [None]
+            ys += [y for _, y in points] + [None]
+            cd += [[s, d]] * (len(points) + 1)
+            (ax, ay), (bx, by) = points[-2], points[-1]  # the arrow: the last leg
+            dx, dy = (bx - ax) * sx, (by - ay) * sy
+            fig.add_annotation(x=bx, y=by, ax=ax, ay=ay,
                                xref="x", yref="y", axref="x", ayref="y", text="",
                                showarrow=True, arrowhead=2, arrowsize=1.0 if lw > 2 else 1.3,
                                arrowwidth=lw, arrowcolor=color, opacity=opacity,
-                               standoff=gap(d, dx, dy), startstandoff=gap(s, dx, dy))
+                               standoff=gap(d, dx, dy),
+                               startstandoff=gap(s, dx, dy) if len(points) == 2 else 0)
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, customdata=cd,
                                  line={"color": color, "width": lw}, opacity=opacity,
                                  hoverinfo="skip", legendgroup="edges",
@@ -196,6 +243,13 @@ def program_figure(program: Program, *, show_dead: bool = True, title: str | Non
                            borderpad=3, font={"size": 13, "color": "#111" if alive else "#9a9a9a"},
                            width=28 if len(labels[i]) <= 3 else None)
 
+    ring = [i for i in highlight if i in pos]
+    if ring:
+        fig.add_scatter(x=[pos[i][0] for i in ring], y=[pos[i][1] for i in ring],
+                        mode="markers", name="changed by the mutation", customdata=ring,
+                        hoverinfo="skip", marker={"symbol": "circle-open", "size": 46,
+                                                  "color": CHANGED_COLOR,
+                                                  "line": {"width": 4, "color": CHANGED_COLOR}})
     fig.update_layout(
         title={"text": _default_title(program) if title is None else title, "x": 0.01},
         width=width, height=height, margin=margin, plot_bgcolor="white",
