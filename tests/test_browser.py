@@ -216,6 +216,11 @@ OVERFLOWS = """() => {
                     width: Math.round(r.width), column: Math.round(col.width),
                     over: Math.round(r.right - col.right)});
     }
+    for (const t of o.querySelectorAll('.js-plotly-plot .legendtext')) {  // legends not cut
+      const svg = t.closest('svg').getBoundingClientRect(), r = t.getBoundingClientRect();
+      if (r.width > 0 && (r.right > svg.right + 1 || r.right > col.right + 2))
+        found.push({what: 'legend "' + t.textContent + '"', over: Math.round(r.right - svg.right)});
+    }
   }
   return {found, columns: outs.map(o => Math.round(o.getBoundingClientRect().width))
                                  .filter(w => w > 0)};

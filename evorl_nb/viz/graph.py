@@ -48,6 +48,7 @@ DEAD_COLOR = "#bbbbbb"
 DEAD_OPACITY = 0.3
 OUTPUT_OUTLINE = "#000000"
 MAX_WIDTH = COLUMN_WIDTH  # pixels: wider programs get narrower layers
+LEGEND_ENTRY = 180  # pixels of text per legend entry: "changed by the mutation" fits
 
 
 def graph_layout(program: Program, *, prune: bool = False) -> dict[int, tuple[float, float]]:
@@ -168,8 +169,13 @@ def program_figure(program: Program, *, show_dead: bool = True, title: str | Non
     n_x = 1 + int(max(x for x, _ in pos.values()))
     n_y = max(sum(1 for p in pos.values() if p[0] == x) for x in range(n_x))
     width = min(MAX_WIDTH, max(560, 115 * n_x + 40))
-    height = max(360, 56 * n_y + 150)
-    margin = {"l": 10, "r": 10, "t": 50, "b": 90}  # the legend sits in the bottom margin
+    # the legend sits in the bottom margin, in rows of fixed-width entries (so it wraps
+    # inside the figure rather than running off its right edge): one per type drawn, one per
+    # kind of edge, and the ring
+    n_entries = len({program.types[i] for i in pos}) + 3 + bool(highlight)
+    rows = -(-n_entries // max(1, (width - 20) // (LEGEND_ENTRY + 45)))  # + the symbol
+    margin = {"l": 10, "r": 10, "t": 50, "b": 34 + 22 * rows}
+    height = max(360, 56 * n_y + 60) + margin["b"]
     sx = (width - margin["l"] - margin["r"]) / n_x  # pixels per layout unit
     sy = (height - margin["t"] - margin["b"]) / (n_y + 0.4)
     # box half sizes in pixels (short labels get a fixed-width box, long ones fit their text)
@@ -214,8 +220,7 @@ def program_figure(program: Program, *, show_dead: bool = True, title: str | Non
                                startstandoff=gap(s, dx, dy) if len(points) == 2 else 0)
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, customdata=cd,
                                  line={"color": color, "width": lw}, opacity=opacity,
-                                 hoverinfo="skip", legendgroup="edges",
-                                 legendrank=2000))
+                                 hoverinfo="skip", legendrank=2000))
 
     for t in Type:  # marker traces per type (live, dead): legend, hover, data for tests
         for is_dead in (False, True):
@@ -256,7 +261,8 @@ def program_figure(program: Program, *, show_dead: bool = True, title: str | Non
         xaxis={"visible": False, "range": [-0.5, n_x - 0.5], "fixedrange": True},
         yaxis={"visible": False, "range": [-(n_y + 0.4) / 2, (n_y + 0.4) / 2], "fixedrange": True},
         legend={"orientation": "h", "x": 0, "y": -0.02, "yanchor": "top",
-                "title": {"text": "type (shape per batch):", "side": "left"}},
+                "entrywidth": LEGEND_ENTRY, "entrywidthmode": "pixels",
+                "title": {"text": "type (shape per batch):", "side": "top"}},
         hovermode="closest", hoverlabel={"align": "left"}, showlegend=True)
     return fig
 
