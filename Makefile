@@ -23,8 +23,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The tests, then every notebook executed at the CI budget (EVORL_BUDGET=ci).
+# The import ladder, the tests, then every notebook executed at the CI budget (EVORL_BUDGET=ci).
 test: $(VENV)/.installed
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests
 	EVORL_BUDGET=ci $(BIN)/python -m pytest -q --nbmake --nbmake-timeout=600 notebooks
 

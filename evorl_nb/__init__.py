@@ -6,9 +6,11 @@
 'δ^2 + 0.1*Q(s_t, a_t)'
 """
 
+from importlib import metadata as _metadata
+
 from evorl_nb import library
 from evorl_nb.ops import OPS, Type
 from evorl_nb.program import Batch, Node, Program, ProgramBuilder, ProgramError
 
 __all__ = ["library", "Batch", "Node", "Program", "ProgramBuilder", "ProgramError", "OPS", "Type"]
-__version__ = "0.1.0"
+__version__ = _metadata.version("evorl_nb")  # one place: pyproject.toml

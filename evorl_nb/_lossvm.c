@@ -33,10 +33,10 @@ enum {
 };
 enum { WS = 0 }; /* base 0: the workspace the computed values are written to */
 
-#define EPS_DIV 1e-10f
-#define EPS_LOG 1e-12f
-#define EPS_PROB 1e-8f
-#define EXP_CLIP 1e10f
+/* the op table's guards, given by the build as -D flags from evorl_nb/guards.py (one place) */
+#if !defined(EPS_DIV) || !defined(EPS_LOG) || !defined(EPS_PROB) || !defined(EXP_CLIP)
+#error "build with the guards of evorl_nb/guards.py: -DEPS_DIV=... (evorl_nb.lossvm does)"
+#endif
 
 static float sgnf(float x) { return x > 0.f ? 1.f : (x < 0.f ? -1.f : x); }
 

@@ -23,10 +23,13 @@ True
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from evorl_nb.inputs import INPUT_NAMES, N_INPUTS, TARGET
 from evorl_nb.ops import OPS, Type
-from evorl_nb.program import INPUT_NAMES, N_INPUTS, TARGET, Program
+
+if TYPE_CHECKING:
+    from evorl_nb.program import Program
 
 __all__ = ["FORMATS", "torch_source", "latex_source", "export", "ExportError"]
 
@@ -105,9 +108,9 @@ def _header(program: Program, title: str, annotate: bool) -> str:
         equation = program.equation() if annotate else program.equation(simplify=False)
     except Exception:  # noqa: BLE001 - the docstring falls back to the raw graph
         equation = "(sympy could not write this program)"
-    from evorl_nb import __version__
+    from importlib.metadata import version  # the package's version, from its metadata
 
-    return (f'"""{title}: a loss exported by evorl_nb {__version__}.\n\n'
+    return (f'"""{title}: a loss exported by evorl_nb {version("evorl_nb")}.\n\n'
             f"    L = mean over the batch of  {equation}\n\n"
             f"fingerprint: {program.fingerprint()}\n"
             f"graph: {program!r}\n\n"

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from evorl_nb.program import N_INPUTS, Batch, Program
+from evorl_nb.inputs import N_INPUTS, Batch
 
 if TYPE_CHECKING:
     import torch
+
+    from evorl_nb.program import Program
 
 __all__ = ["fingerprint", "fingerprint_values", "structural_hash", "probe_inputs", "PROBE"]
 

@@ -42,13 +42,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from evorl_nb.guards import c_defines
 from evorl_nb.ops import Type
 
 __all__ = ["library", "available", "engine_setting", "VMCode", "VMLoss", "bases",
            "net_setting", "networks_available", "NetKernel", "fused_update"]
 
 _SOURCE = Path(__file__).with_name("_lossvm.c")
-_FLAGS = ["-O3", "-std=c99", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-std=c99", "-shared", "-fPIC", *c_defines()]
 NF = 9  # int64 fields per instruction (see _lossvm.c)
 BC_A, BC_B, GRAD_A, GRAD_B, GRAD_OUT = 1, 2, 4, 8, 16
 # bases: where an operand lives (index into the pointer array passed to C)

@@ -25,20 +25,14 @@ from typing import TYPE_CHECKING, Any
 import sympy
 
 from evorl_nb import symbols as sym
+from evorl_nb.guards import EPS_DIV, EPS_LOG, EPS_PROB, EXP_CLIP  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Type", "Op", "OPS", "get_op", "SEARCH_CONSTANTS", "EPS_DIV", "EPS_LOG", "EXP_CLIP"]
+__all__ = ["Type", "Op", "OPS", "get_op", "SEARCH_CONSTANTS", "EPS_DIV", "EPS_LOG", "EPS_PROB",
+           "EXP_CLIP"]
 
-EPS_DIV = 1e-10
-"""Div computes ``x / (y + EPS_DIV)`` (the authors' guard)."""
-EPS_LOG = 1e-12
-"""Log computes ``log(|x| + EPS_LOG)`` (the authors' guard)."""
-EPS_PROB = 1e-8
-"""Entropy and KLDiv use ``log(p + EPS_PROB)`` (the authors' guard)."""
-EXP_CLIP = 1e10
-"""Exp is clipped to ``[-EXP_CLIP, EXP_CLIP]``."""
 SEARCH_CONSTANTS = (1.0, 0.5, 0.2, 0.1, 0.01)
 """The paper's constants: the values a search space may draw for a Constant node."""
 

@@ -20,8 +20,9 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
+from evorl_nb.inputs import INPUT_NAMES, INPUTS, N_INPUTS, ONLINE, TARGET, Batch  # noqa: F401
 from evorl_nb.ops import OPS, Op, SourceContext, Type
 
 if TYPE_CHECKING:
@@ -33,34 +34,11 @@ __all__ = ["INPUTS", "Node", "Program", "ProgramError", "Batch", "FORMAT_VERSION
 FORMAT_VERSION = 1
 """Version of the program JSON format written by :meth:`Program.to_json`."""
 
-INPUTS: tuple[tuple[str, Type], ...] = (
-    ("q", Type.PARAM),
-    ("a_t", Type.Z),
-    ("s_t", Type.S),
-    ("q_targ", Type.PARAM),
-    ("s_tp1", Type.S),
-    ("r_t", Type.R),
-    ("discount", Type.R),
-)
-"""The program inputs, in the authors' order, with their types."""
-INPUT_NAMES = tuple(name for name, _ in INPUTS)
-N_INPUTS = len(INPUTS)
-ONLINE, TARGET = 0, 3  # indices of the online and target networks
 _NO_GRAD_OPS = frozenset({"ArgMaxList"})  # ops through which no gradient flows
 
 
 class ProgramError(ValueError):
     """A program (or program file) that is not a valid typed loss graph."""
-
-
-class Batch(NamedTuple):
-    """A batch of transitions: obs [B, ...], action [B], reward [B], next_obs [B, ...], done [B]."""
-
-    obs: torch.Tensor
-    action: torch.Tensor
-    reward: torch.Tensor
-    next_obs: torch.Tensor
-    done: torch.Tensor
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,16 @@ per transition, so it is dropped. The slides' table row
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import sympy
 
 from evorl_nb import symbols as S
+from evorl_nb.inputs import INPUT_NAMES, N_INPUTS
 from evorl_nb.ops import OPS, SourceContext
-from evorl_nb.program import N_INPUTS, Program
+
+if TYPE_CHECKING:
+    from evorl_nb.program import Program
 
 __all__ = ["to_sympy", "simplify", "has_gradient", "equation", "notation", "DQN_TARGET", "opaque",
            "structural",
@@ -99,7 +104,7 @@ def _additive_terms(expr) -> list:
 def simplify(program_or_expr, *, guards: bool = False) -> sympy.Expr:
     """The loss with gradient-free additive terms dropped (same gradient, simpler form)."""
     expr = program_or_expr
-    if isinstance(program_or_expr, Program):
+    if hasattr(program_or_expr, "nodes"):
         expr = to_sympy(program_or_expr, guards=guards)
     return sympy.Add(*[t for t in _additive_terms(expr) if has_gradient(t)])
 
@@ -166,8 +171,6 @@ def structural(program: Program) -> str:
     """The program's live nodes as a chain of op applications, e.g. ``v7 = QValues(q, s_t);
     v8 = SelectList(v7, a_t); loss = v8``: what :func:`equation` shows when sympy cannot
     build a program's expression (it never fails, and it is linear in the program's size)."""
-    from evorl_nb.program import INPUT_NAMES
-
     def name(i: int) -> str:
         return INPUT_NAMES[i] if i < N_INPUTS else f"v{i}"
 

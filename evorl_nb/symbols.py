@@ -20,6 +20,8 @@ import sympy
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
+from evorl_nb.guards import EPS_DIV, EPS_LOG, EXP_CLIP
+
 a = sympy.Symbol("a", integer=True)
 """The free action slot of a per-action list."""
 a_t = sympy.Symbol("a_t", integer=True)
@@ -280,23 +282,17 @@ def smin(x, y):
 
 def div(x, y):
     """x / (y + 1e-10), or x / y without guards."""
-    from evorl_nb.ops import EPS_DIV
-
     return x / (y + sympy.Float(EPS_DIV)) if _GUARDS.get() else x / y
 
 
 def log(x):
     """log(|x| + 1e-12), or log|x| without guards."""
-    from evorl_nb.ops import EPS_LOG
-
     return sympy.log(sympy.Abs(x) + sympy.Float(EPS_LOG)) if _GUARDS.get() else sympy.log(
         sympy.Abs(x))
 
 
 def exp(x):
     """exp(x) clipped to 1e10, or exp(x) without guards."""
-    from evorl_nb.ops import EXP_CLIP
-
     return sympy.Min(sympy.exp(x), sympy.Float(EXP_CLIP)) if _GUARDS.get() else sympy.exp(x)
 
 
