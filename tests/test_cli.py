@@ -115,3 +115,17 @@ def test_a_finished_search_says_what_to_do_next():
                     "--rank 1 -o", "evorl-nb export runs/x --rank 1", "evorl-nb rescore runs/x"):
         assert command in text
     assert all(len(line) <= 100 for line in text.splitlines())
+
+
+def test_the_public_api_is_importable_from_the_package_and_loads_torch_on_use():
+    code = ("import sys, evorl_nb\n"
+            "assert 'torch' not in sys.modules, 'import evorl_nb loaded torch'\n"
+            "for name in evorl_nb.__all__:\n"
+            "    assert getattr(evorl_nb, name) is not None, name\n"
+            "from evorl_nb import train, Evolution, load_run, train_population\n"
+            "assert train.__module__ == 'evorl_nb.dqn' and 'torch' in sys.modules\n"
+            "assert set(evorl_nb.__all__) <= set(dir(evorl_nb))\n"
+            "try:\n    evorl_nb.no_such_name\nexcept AttributeError as e:\n"
+            "    assert 'no_such_name' in str(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
