@@ -1,9 +1,9 @@
 """A compiled interpreter for :class:`evorl_nb.population.LossPlan`: all K loss programs,
 forward and backward, in one C call each.
 
-The grouped evaluation makes one batched torch call per (level, op, input types) group: at
-K=64 distinct programs that is ~64 groups, ~0.5 ms forward and ~0.7 ms backward of per-call
-overhead on ~2k-float tensors, a third of a training step. Here the same programs run as
+The grouped evaluation makes one batched torch call per (level, op, input types) group, and
+with many distinct programs the per-call overhead on small tensors is a large share of a
+training step (docs/performance.md). Here the same programs run as
 a flat instruction list per agent over float rows (``_lossvm.c``, ~300 lines of C99 with
 each op's PyTorch meaning and autograd derivative written out), called once forward and once
 backward through ``ctypes``; autograd sees one node whose inputs are the stacked Q-values.
@@ -20,8 +20,8 @@ The same library holds the networks' kernel (:class:`NetKernel`): an agent's who
 forward and backward, in AVX-512 register tiles, and :func:`fused_update`, the CPU update as
 one call that takes the agents one at a time (its networks' forward, its loss program
 forward and backward, its online network's backward). torch's stacked products (``bmm``)
-sweep all K agents' weights and activations through the cache once per layer and pay
-~1.6 µs per small matrix; here an agent's 18 KiB of weights (64-64 network) and its
+sweep all K agents' weights and activations through the cache once per layer and pay a
+fixed cost per small matrix; here an agent's weights (18 KiB for the 64-64 network) and its
 activations stay in L1/L2 from its forward to its backward. On CPUs without AVX-512 torch's
 products run instead; ``EVORL_NB_NET_ENGINE`` chooses (``auto``, ``c``, ``torch``).
 """

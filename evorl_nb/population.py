@@ -110,11 +110,9 @@ def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse instead of handing it back to the kernel.
 
     A batched step allocates and frees the same large tensors every step (``[K, 64, 64]``
-    weight gradients are 8 MiB at K=512, the 256-256 network's 32 MiB at K=128). glibc's
-    defaults serve blocks over 128 KiB-32 MiB with fresh ``mmap`` calls and trim the heap
-    top on free, so every step pays thousands of page faults re-mapping memory: ~18% of a
-    step at K=256 with the 64-64 network, ~30% with the 256-256 one (``ru_minflt`` went
-    from ~2M to ~0.15M over the same steps). This serves every block from the heap (no
+    weight gradients are megabytes). glibc's defaults serve large blocks with fresh ``mmap``
+    calls and trim the heap top on free, so every step pays thousands of page faults
+    re-mapping memory (a large share of a step; docs/performance.md). This serves every block from the heap (no
     ``mmap``) and turns heap trimming off, for the whole process; the price is that the
     process keeps its peak heap for reuse. :class:`Population` calls it once per process;
     set the environment variable ``EVORL_NB_MALLOC=default`` to leave the allocator alone.
@@ -181,13 +179,11 @@ class _StackedMLP(torch.autograd.Function):
     backward: one autograd node for the whole network instead of two per layer, ReLU in
     place, and each weight-gradient product oriented the way the batched GEMM runs fastest.
 
-    Autograd's own backward computes ``dW = g @ h^T`` whatever the shapes. With 4 inputs
-    that product (``[K, 64, N] @ [K, N, 4]``) ran at ~8 GFLOP/s; its transpose
-    ``(h @ g^T)^T`` is 4.5x faster (K=512: 1.0 vs 0.22 ms). The 2-action layer's incoming
-    gradient is a transposed view, and its products ran 2x faster on a contiguous copy.
-    The whole network's forward and backward, K=512, 4-64-64-2: 13.0 ms with autograd,
-    11.9 ms with this (same products, so the same values up to the GEMM's summation
-    order; tested against autograd).
+    Autograd's own backward computes ``dW = g @ h^T`` whatever the shapes; with few inputs
+    its transpose ``(h @ g^T)^T`` runs much faster, and the 2-action layer's products run
+    faster on a contiguous copy of its transposed incoming gradient (same products, so the
+    same values up to the GEMM's summation order; tested against autograd; figures in
+    docs/performance.md).
 
     ``apply(x, x_sub, agents, *weights, *biases)``: besides every agent's values on ``x``
     (``[K, N, in]``), the values of the agents ``agents`` on ``x_sub`` (``[n, N, in]``;
@@ -236,8 +232,7 @@ class StackedQ:
 
     Activations run feature-major (``[K, features, N]``): each layer is ``W @ h``, a batched
     product whose small dimensions (4 inputs, 2 actions) sit where the GEMM kernels handle
-    them well. The ``[K, N, in] @ [K, in, out]`` orientation ran the 2-action layer at
-    ~4 GFLOP/s and the whole network's forward and backward ~15% slower (K=512, 4-64-64-2).
+    them well (the ``[K, N, in] @ [K, in, out]`` orientation is slower; docs/performance.md).
     """
 
     def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor]):
@@ -270,8 +265,7 @@ class StackedQ:
 
         One observation per agent (acting, N=1) runs row-major instead, ``h @ W^T`` as
         ``nn.Linear`` does: the batched GEMM runs a ``[K, 64, 64] @ [K, 64, 1]`` product
-        at a quarter of the speed of its ``[K, 1, 64] @ [K, 64, 64]`` transpose
-        (K=512: 2.0 vs 0.49 ms).
+        far slower than its ``[K, 1, 64] @ [K, 64, 64]`` transpose.
         """
         last = len(self.weights) - 1
         if x.shape[1] == 1:
@@ -367,7 +361,7 @@ class _Level:
     """A level's groups, and what it reads: per bank, the rows of every group input taken
     from it, gathered in one call and split into one piece per input. One gather per bank
     and level, where one per input made every input's backward a bank-sized zero fill,
-    index_add and accumulation (163 of them per update at K=512)."""
+    index_add and accumulation."""
 
     groups: list[_Group] = field(default_factory=list)
     reads: list[tuple[str, slice | torch.Tensor, list[int]]] = field(default_factory=list)
@@ -610,14 +604,9 @@ class LossPlan:
         losses' sum and the networks' written-out backward. Where
         :func:`evorl_nb.lossvm.networks_available` (AVX-512), one C call
         (:func:`evorl_nb.lossvm.fused_update`) does all of it one agent at a time, so an
-        agent's weights and activations stay in cache from its forward to its backward
-        (same-run A/B against the kernel called per network call, chunk by chunk: +10% a step
-        at K=8, +12% at K=128, +21% at K=512 and on the 256-256 network; with ``adam``,
-        Adam's step in the same pass: +34% on the search's workload, 8 slots refilled
-        continuously, +15% at K=128). Elsewhere it runs
-        chunk by chunk of ``chunk`` agents with torch's batched products (chunks of 128
-        against one chunk of every agent: +2% a step at K=512 on one thread, +13% at K=1024
-        with two torch threads). Sets ``p.grad`` of the online network's tensors; returns
+        agent's weights and activations stay in cache from its forward to its backward.
+        Elsewhere it runs chunk by chunk of ``chunk`` agents with torch's batched products
+        (the A/B figures of both choices are in docs/performance.md). Sets ``p.grad`` of the online network's tensors; returns
         ``(losses [K], ok [K], online Q-values on s_t [K, B, A], grad_ok)``.
 
         ``adam=(moments, steps, lr, beta1, beta2, eps)`` (see
@@ -1241,9 +1230,8 @@ class Population:
         the order), so a batch started together is one run, the stacked tensors themselves,
         and a population refilled in waves has about one run per wave. When the runs are
         short (slots refilled one agent at a time: every row its own count) the views cost
-        more than the kernel (~1 µs each, four per run and tensor: K=8, 0.18 ms), and
-        :meth:`_adam_rows` does the same arithmetic on the stacked tensors with a column of
-        bias corrections instead (0.14 ms).
+        more than the kernel, and :meth:`_adam_rows` does the same arithmetic on the stacked
+        tensors with a column of bias corrections instead.
         """
         if not stepped.any():  # every learning row failed this step
             return
@@ -1353,7 +1341,7 @@ class _Replay:
 
     A transition is two rows: ``obs2[slot, i]`` holds s_t and s_{t+1} (``[2, D]``) and
     ``scalars[slot, i]`` the action, reward and done flag (float32), so sampling is two
-    random-row gathers instead of five (at K=512 the buffers outgrow the cache, and each
+    random-row gathers instead of five (at large K the buffers outgrow the cache, and each
     gathered row is a cache miss)."""
 
     def __init__(self, slots: int, capacity: int, obs_dim: int, obs_dtype, device):

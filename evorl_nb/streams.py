@@ -2,8 +2,8 @@
 
 A DQN agent draws random numbers every step (explore or not, which random action) and every
 update (which transitions to replay). With one generator object per agent, K agents cost K
-small calls per step: ~16 ms per batched step at K=4096 on this project's CPU, a host cost
-that a GPU cannot hide however fast its own part of the step. Here a stream is
+small calls per step (docs/performance.md), a host cost that a GPU cannot hide however fast
+its own part of the step. Here a stream is
 *counter-based*: its i-th number is a hash of (the stream's key, i), SplitMix64's output
 function over the sequence ``key + i * gamma``, so a whole population's draws are a few
 numpy operations over ``[rows, n]`` arrays, and a stream's numbers do not depend on how
