@@ -108,6 +108,14 @@ def _programs(_args) -> int:
     return 0
 
 
+def _write(path: str, text: str) -> None:
+    """Write ``text`` to the file ``path``; a ValueError naming it if it cannot be written."""
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"cannot write {path!r}: {e.strerror}") from None
+
+
 def _is_run(spec: str) -> bool:
     """True if ``spec`` names a run: a folder, or a run.sqlite(.gz) file."""
     path = Path(spec)
@@ -129,10 +137,7 @@ def _pick(spec: str, rank: int | None) -> tuple[Program, str | None]:
 def _program(args) -> int:
     prog, how = _pick(args.program, args.rank)
     if args.out is not None:
-        try:
-            Path(args.out).write_text(prog.to_json(indent=2) + "\n", encoding="utf-8")
-        except OSError as e:
-            raise ValueError(f"cannot write {args.out!r}: {e.strerror}") from None
+        _write(args.out, prog.to_json(indent=2) + "\n")
         print(f"wrote {args.out}" + (f" ({how})" if how else ""), file=sys.stderr)
         return 0
     if args.json:
@@ -190,18 +195,17 @@ def _evaluate(args) -> int:
         if r.stopped:
             runs[-1]["stopped"] = r.stopped
     envs = list(dict.fromkeys(r["env"] for r in runs))
+    fitness = {k: [r.fitness for (j, _), r in zip(jobs, results, strict=True) if j == k]
+               for k in range(len(progs))}  # per program, in seed order
     table = []
-    for name in names:
-        mine = [r for r in runs if r["program"] == name]
+    for k, name in enumerate(names):
         row = {"program": name}
         for env_id in envs:
-            row[env_id] = ci95([r["score"] for r in mine if r["env"] == env_id])
-        fitness = [next(r["fitness"] for r in mine if r["seed"] == s) for s in seeds]
-        row["fitness"] = ci95(fitness)
-        if name != names[0]:
-            base = [next(r["fitness"] for r in runs if r["program"] == names[0] and
-                         r["seed"] == s) for s in seeds]
-            row["vs_first"] = paired_ci95(fitness, base)
+            row[env_id] = ci95([r["score"] for r in runs
+                                if r["program"] == name and r["env"] == env_id])
+        row["fitness"] = ci95(fitness[k])
+        if k > 0:
+            row["vs_first"] = paired_ci95(fitness[k], fitness[0])
         table.append(row)
     if args.json:
         print(json.dumps({"programs": {n: p.to_dict() for n, p in zip(names, progs, strict=True)},
@@ -366,10 +370,7 @@ def _export(args) -> int:
     if args.out is None:
         print(text, end="")
     else:
-        try:
-            Path(args.out).write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise ValueError(f"cannot write {args.out!r}: {e.strerror}") from None
+        _write(args.out, text)
         print(f"wrote {args.out} ({args.format}" + (f"; {how}" if how else "") + ")",
               file=sys.stderr)
     return 0

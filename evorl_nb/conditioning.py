@@ -25,7 +25,6 @@ different numbers.
 
 from __future__ import annotations
 
-import copy
 import functools
 
 import torch
@@ -45,13 +44,8 @@ by 1 to 1e10."""
 
 def _loss_and_grad(program: Program, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     batch, q, q_targ = probe_inputs("rl")
-    q, q_targ = copy.deepcopy(q), copy.deepcopy(q_targ)
-    for net in (q, q_targ):  # the probe's networks keep their weights as plain tensors
-        for name in ("w1", "b1", "w2", "b2"):
-            setattr(net, name, getattr(net, name).detach().to(dtype))
-    params = [q.w1, q.b1, q.w2, q.b2]
-    for p in params:
-        p.requires_grad_(True)
+    q, q_targ = q.cast(dtype, grad=True), q_targ.cast(dtype)
+    params = q.weights()
     batch = Batch(*(x.to(dtype) if x.is_floating_point() else x for x in batch))
     loss = program.loss(batch, q, q_targ, gamma=1.0)
     if not loss.requires_grad:  # a loss that does not depend on the network has no gradient

@@ -230,6 +230,8 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
     """
     config = get_config(config) if isinstance(config, str) else config
     spec = get_spec(env_id)
+    if isinstance(loss, Program) and (why := ill_conditioned(loss)):  # before any env is made
+        return TrainResult(spec.env_id, seed, failed=True, reason=f"{why} at step 0")
     loss_fn, takes_generator = _loss_fn(loss), hasattr(loss, "loss")
     seeds = agent_seeds(seed)
     explore, sampler = Stream(seeds.explore), Stream(seeds.sample)
@@ -240,10 +242,6 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
     episodes_budget, steps_budget = _budget(config, spec)
     decay = _eps_decay(config, spec)
     result = TrainResult(spec.env_id, seed)
-    if isinstance(loss, Program) and (why := ill_conditioned(loss)):
-        env.close()
-        result.failed, result.reason = True, f"{why} at step 0"
-        return result
     start = time.perf_counter()
     bar, by_steps = None, True
     if progress:

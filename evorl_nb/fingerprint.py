@@ -14,6 +14,7 @@ fingerprint is the same in every process and run.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 from collections.abc import Callable
@@ -61,6 +62,18 @@ class _ProbeNet:
 
     def __call__(self, x):
         return (x @ self.w1 + self.b1).clamp_min(0.0) @ self.w2 + self.b2
+
+    def weights(self) -> list:
+        """The weight and bias tensors, layer by layer."""
+        return [self.w1, self.b1, self.w2, self.b2]
+
+    def cast(self, dtype, grad: bool = False) -> _ProbeNet:
+        """A copy with its weights in ``dtype``, as new leaf tensors that track gradients
+        if ``grad`` (the probe's own tensors stay as they are)."""
+        out = copy.copy(self)
+        out.w1, out.b1, out.w2, out.b2 = (w.detach().to(dtype).requires_grad_(grad)
+                                          for w in self.weights())
+        return out
 
 
 @functools.lru_cache(maxsize=None)  # noqa: UP033 - explicit about the cache having no bound

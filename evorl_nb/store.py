@@ -78,8 +78,11 @@ STORE_NAME = "run.sqlite"
 
 
 def store_path(out: str | Path) -> Path:
-    """The store file of a run folder (or the file itself if ``out`` is one)."""
+    """The store file of a run folder (or the file itself if ``out`` is one; for a gzipped
+    ``run.sqlite.gz``, the ``run.sqlite`` beside it, which readers find packed)."""
     out = Path(out)
+    if out.name.endswith(".sqlite.gz"):
+        return out.with_suffix("")
     return out if out.suffix == ".sqlite" else out / STORE_NAME
 
 

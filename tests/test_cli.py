@@ -50,6 +50,9 @@ def test_program_from_a_run_by_rank_to_a_file(tmp_path, capsys):
     assert want.equation() in text and "fingerprint" not in text
     assert main(["program", str(out), "--fingerprint"]) == 0
     assert f"fingerprint  {want.fingerprint()}" in capsys.readouterr().out
+    # the packed store file itself names the run too, for every command that reads runs
+    assert main(["program", str(DQNREG / "run.sqlite.gz"), "--rank", "2", "--json"]) == 0
+    assert Program.from_json(capsys.readouterr().out) == want
     assert main(["program", "dqn", "--rank", "2"]) == 2
     assert "--rank picks a program from a run folder" in capsys.readouterr().err
 

@@ -51,12 +51,8 @@ def figures(folder: str | Path | dict) -> dict:
             fig.add_trace(go.Scatter(x=x, y=y, name=alg, legendgroup=alg, showlegend=j == 1,
                                      line={"color": colors[alg]}),
                           **_cell(j, cols))
-    fig.update_layout(title=f"{meta['experiment']}: normalized return during training "
-                            f"({meta['budget']} budget, {meta['seeds']} seeds)",
-                      height=90 + 300 * rows)
-    fit(fig, legend_below=True)
-    fig.update_xaxes(title_text="environment steps")
-    figs["curves"] = fig
+    figs["curves"] = _per_env(fig, f"{meta['experiment']}: normalized return during training "
+                                   f"({meta['budget']} budget, {meta['seeds']} seeds)", rows, 90)
     if "summary" in data:
         summary = data["summary"]
         fig = go.Figure()
@@ -88,11 +84,8 @@ def figures(folder: str | Path | dict) -> dict:
                                          legendgroup=alg, showlegend=j == 1,
                                          line={"color": color, "dash": "dot"}),
                               **_cell(j, cols))
-        fig.update_layout(title="estimated Q(s_0) (solid) vs realized discounted return (dotted)",
-                          height=110 + 300 * rows)
-        fit(fig, legend_below=True)
-        fig.update_xaxes(title_text="environment steps")
-        figs["overestimation"] = fig
+        figs["overestimation"] = _per_env(
+            fig, "estimated Q(s_0) (solid) vs realized discounted return (dotted)", rows, 110)
     if "cases" in data:
         cases = data["cases"]
         fig = make_subplots(rows=rows, cols=cols, subplot_titles=envs)
@@ -109,13 +102,19 @@ def figures(folder: str | Path | dict) -> dict:
                                          legendgroup=str(node), showlegend=j == 1,
                                          line={"color": algorithm_color(f"branch {node}", i)}),
                               **_cell(j, cols))
-        fig.update_layout(title="fraction of transitions on each max's first branch "
-                                f"(mean of {meta['seeds']} seeds)", height=110 + 300 * rows)
-        fit(fig, legend_below=True)
         fig.update_yaxes(range=[0, 1])
-        fig.update_xaxes(title_text="environment steps")
-        figs["cases"] = fig
+        figs["cases"] = _per_env(fig, "fraction of transitions on each max's first branch "
+                                      f"(mean of {meta['seeds']} seeds)", rows, 110)
     return figs
+
+
+def _per_env(fig: go.Figure, title: str, rows: int, head: int) -> go.Figure:
+    """Lay out a figure of one panel per env: its title, 300 px per row of panels plus
+    ``head`` for the title, the column's width with the legend below, steps on x."""
+    fig.update_layout(title=title, height=head + 300 * rows)
+    fit(fig, legend_below=True)
+    fig.update_xaxes(title_text="environment steps")
+    return fig
 
 
 def _cell(j: int, cols: int) -> dict:

@@ -148,16 +148,12 @@ class QValueMonitor:
             return
         top = max(recs[-1].step for recs in runs.values())
         grid = np.linspace(0, top, 150)
-        qs, rets = [], []
-        for recs in runs.values():
-            steps = np.array([r.step for r in recs], dtype=float)
-            for out, field in ((qs, "q_initial"), (rets, "discounted_return")):
-                y = moving_average([getattr(r, field) for r in recs], self.smoothing)
-                out.append(np.interp(grid, steps, y, left=np.nan, right=np.nan))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # grid points no run has reached
-            q_mean, q_lo, q_hi = (f(qs, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax))
-            r_mean = np.nanmean(rets, axis=0)
+        series = {field: [([r.step for r in recs],
+                           moving_average([getattr(r, field) for r in recs], self.smoothing))
+                          for recs in runs.values()]
+                  for field in ("q_initial", "discounted_return")}
+        q_mean, q_lo, q_hi = _band(grid, series["q_initial"])
+        r_mean, _, _ = _band(grid, series["discounted_return"])
         ok = ~np.isnan(q_mean)
         g = grid[ok]
         if len(self._traces[name]) == 2:  # the band, added with the second run
@@ -197,22 +193,31 @@ class QValueMonitor:
         underestimates. Episodes before the first gradient step (``batch_q_mean`` NaN) are
         left out; NaN if no episode qualifies.
         """
-        diffs = [r.q_initial - r.discounted_return for r in self.records.get(name, [])
-                 if not math.isnan(r.batch_q_mean)]
-        return float(np.mean(diffs)) if diffs else float("nan")
+        return _bias(self.records.get(name, []))
 
     def run_biases(self, name: str) -> dict[Any, float]:
         """:meth:`bias` of each run of ``name`` on its own (to give a spread over seeds)."""
-        out = {}
-        for run, recs in self._by_run.get(name, {}).items():
-            diffs = [r.q_initial - r.discounted_return for r in recs
-                     if not math.isnan(r.batch_q_mean)]
-            out[run] = float(np.mean(diffs)) if diffs else float("nan")
-        return out
+        return {run: _bias(recs) for run, recs in self._by_run.get(name, {}).items()}
 
     def biases(self) -> dict[str, float]:
         """:meth:`bias` of every algorithm recorded, in the order they were added."""
         return {name: self.bias(name) for name in self.records}
+
+
+def _band(grid: np.ndarray, series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, min and max over runs of curves ``(steps, values)`` interpolated onto ``grid``
+    (NaN outside a run's steps; NaN where no run reaches a grid point)."""
+    curves = np.array([np.interp(grid, np.asarray(x, dtype=float), y, left=np.nan,
+                                 right=np.nan) for x, y in series])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # grid points no run has reached
+        return tuple(f(curves, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax))
+
+
+def _bias(records: list[EpisodeRecord]) -> float:
+    """Mean ``q_initial - discounted_return`` over the episodes after learning started."""
+    diffs = [r.q_initial - r.discounted_return for r in records if not math.isnan(r.batch_q_mean)]
+    return float(np.mean(diffs)) if diffs else float("nan")
 
 
 def _runs(value: Any) -> list[TrainResult]:
@@ -256,15 +261,9 @@ def learning_curves(results: Mapping[str, Any], *, env_id: str | None = None, wi
         first = min(r.episodes[0].step for r in rs)
         last = max(r.episodes[-1].step for r in rs)
         grid = np.linspace(first, last, points) if last > first else np.array([float(first)])
-        curves = []
-        for r in rs:
-            steps = np.array([e.step for e in r.episodes], dtype=float)
-            y = moving_average(spec.normalize(r.returns), window)
-            curves.append(np.interp(grid, steps, y, left=np.nan, right=np.nan))
-        curves = np.array(curves)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-            mean, lo, hi = (f(curves, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax))
+        mean, lo, hi = _band(grid, [([e.step for e in r.episodes],
+                                     moving_average(spec.normalize(r.returns), window))
+                                    for r in rs])
         ok = ~np.isnan(mean)
         grid, mean, lo, hi = grid[ok], mean[ok], lo[ok], hi[ok]
         if len(rs) > 1:
