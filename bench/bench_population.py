@@ -10,7 +10,7 @@ What is timed (all on CartPole-v1, batch 32, one gradient step per env step, Ada
 * ``sequential``: a plain single-agent DQN loop written here in the CleanRL style (the
   same network, batch, update ratio; a hand-written TD loss, numpy replay, gymnasium env).
   Whole machine = one such process per core, run at the same time.
-* ``population K``: a :class:`evorl_nb.population.Population` training K *distinct*
+* ``population K``: a :class:`evorl_nb.batched.Population` training K *distinct*
   losses (DQN and mutants of it, as a bootstrapped search proposes them). Whole machine =
   one process per core, each with K / cores agents and one torch thread, run at the same
   time (and, for comparison, one process with as many torch threads as cores). Only steps
@@ -129,12 +129,12 @@ def sequential_dqn(steps: int, hidden=(64, 64), seed: int = 0) -> float:
 def filled_population(k: int, learning_starts: int, hidden=(64, 64), threads: int = 1,
                       seed: int = 0, env_id: str = "CartPole-v1", same: bool = False,
                       device: str = "cpu"):
-    """A :class:`~evorl_nb.population.Population` of k distinct losses (``same``: k copies
+    """A :class:`~evorl_nb.batched.Population` of k distinct losses (``same``: k copies
     of DQN's) with seeds seed, seed+1, ... on the quick preset, no step or episode budget,
     on ``device``, added but not stepped yet."""
     from evorl_nb import library
     from evorl_nb.dqn import get_config
-    from evorl_nb.population import Population
+    from evorl_nb.batched import Population
 
     cfg = get_config("quick", hidden=hidden, learning_starts=learning_starts,
                      max_steps=10**9, budget_steps=10**9, num_threads=threads,
@@ -250,7 +250,7 @@ def population_per_core(k: int, steps: int, cores: int, hidden=(64, 64),
 def loss_flops(k: int, seed: int, hidden=(256, 256)) -> float:
     """Matmul FLOPs of one agent-step, averaged over the k distinct losses of ``seed``
     (a loss calls the online net on s_{t+1}, or the target net, or neither)."""
-    from evorl_nb.population import LossPlan
+    from evorl_nb.batched import LossPlan
 
     plan = LossPlan(distinct_losses(k, seed))
     n_online = sum(len(a) for c, a in plan.combo_agents.items() if c[0] == 0) / k

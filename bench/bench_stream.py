@@ -9,10 +9,10 @@ here at ``--max-steps``), so some candidates end after a few thousand steps (sho
 episodes) and others run to the cap. Timed in the same run, one core:
 
 * ``one at a time``: :func:`evorl_nb.dqn.train` per candidate (``--batch 1``);
-* ``fixed batches``: :func:`evorl_nb.population.train_population` on consecutive groups
+* ``fixed batches``: :func:`evorl_nb.batched.train_population` on consecutive groups
   of ``slots`` candidates (the search before continuous batching: a batch lives until its
   slowest member);
-* ``continuous``: one :class:`evorl_nb.population.Population` with ``slots`` slots, a
+* ``continuous``: one :class:`evorl_nb.batched.Population` with ``slots`` slots, a
   finished candidate's slot given to the next one at once (what search workers do now).
 
 Every candidate's score is the same in the three (the runs are the same runs, to float
@@ -45,7 +45,7 @@ def main() -> None:
     if args.quick:
         args.candidates, args.slots, args.max_steps = 8, 4, 2000
     from evorl_nb.dqn import get_config, train
-    from evorl_nb.population import Population, train_population
+    from evorl_nb.batched import Population, train_population
 
     torch.set_num_threads(1)
     cfg = get_config("quick", max_steps=args.max_steps)

@@ -189,8 +189,9 @@ def _loss_fn(loss: Any) -> Callable:
 _NO_STEP_CAP = 10**12  # the step bound of a run limited by episodes alone
 
 
-def _budget(config: DQNConfig, spec: EnvSpec) -> tuple[int | None, int]:
-    """(episode budget or None, step budget) for this env under this config."""
+def budget(config: DQNConfig, spec: EnvSpec) -> tuple[int | None, int]:
+    """(episode budget or None, step budget) for this env under this config; both trainers
+    stop an agent by it."""
     if config.budget_episodes is not None or config.budget_steps is not None:
         episodes, steps = config.budget_episodes, config.budget_steps
     else:
@@ -202,7 +203,7 @@ def _budget(config: DQNConfig, spec: EnvSpec) -> tuple[int | None, int]:
     return episodes, cap
 
 
-def _eps_decay(config: DQNConfig, spec: EnvSpec) -> int:
+def eps_decay(config: DQNConfig, spec: EnvSpec) -> int:
     """Steps over which epsilon falls from eps_start to eps_end for this env and config."""
     decay = config.eps_decay_steps or spec.epsilon_decay_steps
     if config.max_eps_decay_steps is not None:
@@ -210,8 +211,37 @@ def _eps_decay(config: DQNConfig, spec: EnvSpec) -> int:
     return decay
 
 
+def epsilon(config: DQNConfig, decay: int, steps):
+    """The exploration rate after ``steps`` environment steps (an int, or an array of every
+    agent's steps): linear from eps_start to eps_end over ``decay`` steps, then flat. The
+    one schedule both trainers use."""
+    if isinstance(steps, np.ndarray):
+        return config.eps_end + (config.eps_start - config.eps_end) * np.maximum(
+            0.0, 1.0 - steps / decay)
+    return config.eps_end + (config.eps_start - config.eps_end) * max(0.0, 1.0 - steps / decay)
+
+
+# Adam's betas and eps: torch's defaults, written out because the population trainer's own
+# Adam (evorl_nb.batched.adam and the C kernel) must use the same
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+GRADIENT_NOT_FINITE = "gradient is not finite"
+"""Why an agent stops when its gradient has a NaN or inf (both trainers)."""
+
+
+def loss_failure(value: float, max_loss: float) -> str | None:
+    """Why an agent whose loss came out ``value`` must stop: the loss is NaN/inf or beyond
+    ``max_loss``; None if it may learn from it. Both trainers record these words."""
+    if not math.isfinite(value):
+        return f"loss is {value}"
+    if abs(value) > max_loss:
+        return f"loss exploded ({value:.3g} > max_loss {max_loss:g})"
+    return None
+
+
 @contextlib.contextmanager
-def _threads(n: int):
+def torch_threads(n: int):
+    """Run the block with torch using ``n`` threads, then restore the old count."""
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -239,8 +269,8 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
     env = make_env(spec.env_id, seed=seeds.env)
     obs_dim = int(np.prod(env.observation_space.shape))
     n_actions = int(env.action_space.n)
-    episodes_budget, steps_budget = _budget(config, spec)
-    decay = _eps_decay(config, spec)
+    episodes_budget, steps_budget = budget(config, spec)
+    decay = eps_decay(config, spec)
     result = TrainResult(spec.env_id, seed)
     start = time.perf_counter()
     bar, by_steps = None, True
@@ -253,17 +283,17 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
                    unit="step" if by_steps else "episode", leave=False,
                    desc=f"{getattr(loss, 'name', None) or 'loss'} on {spec.env_id}")
 
-    with _threads(config.num_threads):
+    with torch_threads(config.num_threads):
         q_net = QNetwork(obs_dim, n_actions, config.hidden, gen).to(config.device)
         target = copy.deepcopy(q_net).requires_grad_(False)
-        optim = torch.optim.Adam(q_net.parameters(), lr=config.lr, fused=True)
+        optim = torch.optim.Adam(q_net.parameters(), lr=config.lr, betas=ADAM_BETAS, eps=ADAM_EPS,
+                                 fused=True)
         replay = Replay(min(config.buffer_size, steps_budget), obs_dim, config.device)
         obs, _ = env.reset(seed=seeds.env)
         ep = _Episode(q_net, obs, config)
         while result.steps < steps_budget and (episodes_budget is None
                                                or len(result.episodes) < episodes_budget):
-            eps = config.eps_end + (config.eps_start - config.eps_end) * max(
-                0.0, 1.0 - result.steps / decay)
+            eps = epsilon(config, decay, result.steps)
             u, v = explore.uniform(2)  # explore?, and which random action (drawn either way)
             if u < eps:
                 action = min(int(v * n_actions), n_actions - 1)
@@ -321,17 +351,15 @@ def _update(loss_fn, takes_generator, replay, q_net, target, optim, gen, sampler
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             return f"loss returned {type(value).__name__}, not a scalar tensor"
         loss_value = float(value.detach())
-        if not math.isfinite(loss_value):
-            return f"loss is {loss_value}"
-        if abs(loss_value) > config.max_loss:
-            return f"loss exploded ({loss_value:.3g} > max_loss {config.max_loss:g})"
+        if why := loss_failure(loss_value, config.max_loss):
+            return why
         optim.zero_grad(set_to_none=True)
         value.backward()
     except Exception as e:  # a wild evolved loss must not kill the caller
         return f"loss raised {type(e).__name__}: {e}"
     grads = [p.grad.sum() for p in q_net.parameters() if p.grad is not None]
     if grads and not torch.isfinite(torch.stack(grads).sum()):  # one check for every gradient
-        return "gradient is not finite"
+        return GRADIENT_NOT_FINITE
     optim.step()
     ep.learned(loss_value, q_taken)
     return None

@@ -158,7 +158,7 @@ def evaluate_batch(programs: Sequence[Any], envs: Sequence[str] = TRAINING_ENVS,
     seeds = [int(seeds)] * len(programs) if isinstance(seeds, (int, np.integer)) else list(seeds)
     if len(seeds) != len(programs):
         raise ValueError(f"need one seed per program: {len(programs)} programs, {len(seeds)} seeds")
-    from evorl_nb.population import run_in_order
+    from evorl_nb.batched import run_in_order
 
     stream = StreamingEvaluation(envs, config, hurdle=hurdle, window=window,
                                  slots=slots or max(1, len(programs)))
@@ -170,7 +170,7 @@ class StreamingEvaluation:
 
     ``add(program, seed, key)`` queues a candidate; ``advance()`` trains and returns the
     ``(key, EvalResult)`` of the candidates that finished. Each env has its own
-    :class:`evorl_nb.population.Population` of ``slots`` agents; a candidate enters the
+    :class:`evorl_nb.batched.Population` of ``slots`` agents; a candidate enters the
     first env (the hurdle) and moves to the next one as soon as its run there ends, so
     every env's batch stays full while candidates come and go. A search worker keeps one
     of these and feeds it new candidates as slots free up.
@@ -217,7 +217,7 @@ class StreamingEvaluation:
         return key
 
     def _enter(self, key: Any) -> None:
-        from evorl_nb.population import Population
+        from evorl_nb.batched import Population
 
         c = self._cands[key]
         env_id = self.order[c["stage"]]

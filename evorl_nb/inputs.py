@@ -15,7 +15,8 @@ from evorl_nb.ops import Type
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["INPUTS", "INPUT_NAMES", "N_INPUTS", "ONLINE", "TARGET", "Batch"]
+__all__ = ["INPUTS", "INPUT_NAMES", "N_INPUTS", "ONLINE", "ACTION", "S_T", "TARGET", "S_TP1",
+           "REWARD", "DISCOUNT", "Batch"]
 
 INPUTS: tuple[tuple[str, Type], ...] = (
     ("q", Type.PARAM),
@@ -29,8 +30,9 @@ INPUTS: tuple[tuple[str, Type], ...] = (
 """The program inputs, in the authors' order, with their types."""
 INPUT_NAMES = tuple(name for name, _ in INPUTS)
 N_INPUTS = len(INPUTS)
-ONLINE, TARGET = 0, 3
-"""Graph indices of the online and the target network."""
+ONLINE, ACTION, S_T, TARGET, S_TP1, REWARD, DISCOUNT = range(N_INPUTS)
+"""Graph indices of the inputs, in INPUTS' order (the online and the target network, the
+action, the two states, the reward and the discount)."""
 
 
 class Batch(NamedTuple):

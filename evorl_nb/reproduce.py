@@ -223,7 +223,7 @@ def _train(exp: Experiment, config, env_ids, n_seeds: int, folder: Path, progres
     from evorl_nb.dqn import train
     from evorl_nb.envs import get_spec
     from evorl_nb.evaluate import env_seed
-    from evorl_nb.population import train_population
+    from evorl_nb.batched import train_population
 
     runs, episodes, cases = [], [], []
     jobs = [(a, s) for a in exp.algorithms for s in range(n_seeds)]

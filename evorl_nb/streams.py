@@ -9,7 +9,7 @@ function over the sequence ``key + i * gamma``, so a whole population's draws ar
 numpy operations over ``[rows, n]`` arrays, and a stream's numbers do not depend on how
 they are drawn (all at once, a few at a time, or batched with other streams).
 
-:func:`evorl_nb.dqn.train` (one agent) and :class:`evorl_nb.population.Population` (K
+:func:`evorl_nb.dqn.train` (one agent) and :class:`evorl_nb.batched.Population` (K
 agents) use the same streams, so an agent's exploration and replay batches are the same in
 both. Keys come from the agent's seed through :class:`numpy.random.SeedSequence`
 (:func:`agent_seeds`), whose 64-bit words make distinct streams overlap with negligible

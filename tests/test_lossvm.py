@@ -13,8 +13,9 @@ import pytest
 import torch
 from test_population import _programs, _td_loss
 
-from evorl_nb import conditioning, dqn, library, lossvm
-from evorl_nb.population import LossPlan, Population, StackedQ
+from evorl_nb import conditioning, dqn, library
+from evorl_nb.batched import lossvm, netkernel
+from evorl_nb.batched import LossPlan, Population, StackedQ
 from evorl_nb.program import ProgramBuilder
 
 K_PROGRAMS, B, D, A = 96, 16, 4, 3
@@ -279,11 +280,12 @@ def test_engines_are_chosen_and_refused_clearly():
 def test_without_a_compiler_the_torch_evaluation_runs_with_one_warning(tmp_path):
     code = """
 import warnings, torch
-from evorl_nb import library, lossvm
-from evorl_nb.population import LossPlan, StackedQ
+from evorl_nb import library
+from evorl_nb.batched import lossvm, netkernel
+from evorl_nb.batched import LossPlan, StackedQ
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    assert lossvm.library() is None and lossvm.library() is None
+    assert lossvm.compiled() is None and lossvm.compiled() is None
 print(len(caught), str(caught[0].message))
 nets = [StackedQ.from_generators(4, 2, (8,), [torch.Generator().manual_seed(0)]) for _ in "ab"]
 obs = torch.randn(1, 8, 4)
@@ -312,16 +314,17 @@ def test_without_the_networks_kernel_torch_products_train_the_same_runs(tmp_path
     population trains with torch's products: the very runs EVORL_NB_NET_ENGINE=torch gives."""
     code = """
 import os, torch
-from evorl_nb import library, lossvm
+from evorl_nb import library
+from evorl_nb.batched import lossvm, netkernel
 from evorl_nb.dqn import get_config
-from evorl_nb.population import train_population
-print(lossvm.networks_available())
+from evorl_nb.batched import train_population
+print(netkernel.networks_available())
 runs = train_population([library.get("dqn"), library.get("ddqn")], "CartPole-v1",
                         get_config("ci", budget_steps=300), seeds=[1, 2])
 print([r.returns.tolist() for r in runs], [r.episodes[-1].q_initial for r in runs])
 os.environ["EVORL_NB_NET_ENGINE"] = "c"
 try:
-    lossvm.networks_available()
+    netkernel.networks_available()
 except RuntimeError as e:
     print("refused:", e)
 """
@@ -342,7 +345,7 @@ except RuntimeError as e:
 
 
 def test_the_library_is_built_once_into_the_cache(tmp_path):
-    code = "from evorl_nb import lossvm; print(lossvm.library() is not None)"
+    code = "from evorl_nb.batched import lossvm; print(lossvm.compiled() is not None)"
     env = dict(os.environ, EVORL_NB_CACHE=str(tmp_path))
     for _ in range(2):
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
@@ -355,8 +358,8 @@ def test_the_library_is_built_once_into_the_cache(tmp_path):
 def test_an_unwritable_cache_falls_back_to_a_temp_folder(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # the cache path runs through a file: it cannot be made
-    code = ("import warnings; warnings.simplefilter('error'); from evorl_nb import lossvm; "
-            "print(lossvm.library() is not None)")
+    code = ("import warnings; warnings.simplefilter('error'); from evorl_nb.batched import lossvm; "
+            "print(lossvm.compiled() is not None)")
     env = dict(os.environ, EVORL_NB_CACHE=str(blocker / "cache"), TMPDIR=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=120)
@@ -374,7 +377,7 @@ def test_engine_setting_reads_the_environment(monkeypatch):
 
 def _net_engine(monkeypatch, nets: str) -> None:
     monkeypatch.setenv("EVORL_NB_NET_ENGINE", nets)
-    if nets == "c" and not (lossvm.library() and lossvm.library().mlp_available()):
+    if nets == "c" and not (lossvm.compiled() and lossvm.compiled().mlp_available()):
         pytest.skip("the networks' kernel needs a CPU with AVX-512 (torch's products run)")
 
 
@@ -382,7 +385,7 @@ def _net_engine(monkeypatch, nets: str) -> None:
 @pytest.mark.parametrize("chunk", [1, 7, 64, 500])
 def test_fused_update_equals_autograd_through_the_interpreter(chunk, nets, monkeypatch):
     _net_engine(monkeypatch, nets)
-    assert lossvm.networks_available() == (nets == "c")
+    assert netkernel.networks_available() == (nets == "c")
     # chunk by chunk without autograd (LossPlan.fused_update) against one autograd pass; the
     # first 14 agents all differentiate through the online net on s_{t+1} (chunks of 7 make
     # it one joint call with s_t), the others sometimes (a subset, index-added into the
@@ -436,7 +439,7 @@ def test_network_kernel_equals_stacked_torch_networks(dims, n_rows, monkeypatch)
     upstream = torch.randn(K, n_rows, dims[-1], generator=g)
     want = net(x)
     (want * upstream).sum().backward()
-    kern = lossvm.NetKernel(net.weights, net.biases)
+    kern = netkernel.NetKernel(net.weights, net.biases)
     scratch = kern.scratch(n_rows)
     # acting: one observation per agent, every agent
     assert torch.allclose(kern.act(x[:, 0]), want.detach()[:, 0], rtol=1e-5, atol=1e-5)
@@ -459,14 +462,14 @@ def test_network_kernel_equals_stacked_torch_networks(dims, n_rows, monkeypatch)
 
 def test_network_engine_setting_reads_the_environment(monkeypatch):
     monkeypatch.setenv("EVORL_NB_NET_ENGINE", "torch")
-    assert lossvm.net_setting() == "torch" and not lossvm.networks_available()
+    assert netkernel.net_setting() == "torch" and not netkernel.networks_available()
     monkeypatch.setenv("EVORL_NB_NET_ENGINE", "gpu")
     with pytest.raises(ValueError, match="EVORL_NB_NET_ENGINE"):
-        lossvm.net_setting()
+        netkernel.net_setting()
     monkeypatch.delenv("EVORL_NB_NET_ENGINE")
-    assert lossvm.net_setting() == "auto"
+    assert netkernel.net_setting() == "auto"
     with pytest.raises(ValueError, match="contiguous CPU float32"):
-        lossvm.NetKernel([torch.zeros(2, 3, 4, dtype=torch.float64)],
+        netkernel.NetKernel([torch.zeros(2, 3, 4, dtype=torch.float64)],
                          [torch.zeros(2, 3, 1, dtype=torch.float64)])
 
 
@@ -476,7 +479,7 @@ def test_network_kernel_refuses_tensors_it_would_read_or_write_out_of_bounds(mon
     _net_engine(monkeypatch, "c")
     net = StackedQ.from_generators(4, 2, (8,), [torch.Generator().manual_seed(k)
                                                  for k in range(3)])
-    kern = lossvm.NetKernel(net.weights, net.biases)
+    kern = netkernel.NetKernel(net.weights, net.biases)
     scratch = kern.scratch(5)
     x, out = torch.zeros(3, 5, 4), torch.zeros(3, 5, 2)
     kern.forward(x, slice(0, 3), out, scratch)  # fits
@@ -496,7 +499,7 @@ def test_network_kernel_refuses_tensors_it_would_read_or_write_out_of_bounds(mon
     with pytest.raises(ValueError, match="x"):
         kern.act(torch.zeros(2, 4))  # one observation per agent: 3, not 2
     with pytest.raises(ValueError, match="do not chain"):
-        lossvm.NetKernel([net.weights[0], net.weights[0]], net.biases)
+        netkernel.NetKernel([net.weights[0], net.weights[0]], net.biases)
 
 
 def test_adam_in_the_kernels_pass_equals_the_trainers_adam_step(monkeypatch):
@@ -508,7 +511,7 @@ def test_adam_in_the_kernels_pass_equals_the_trainers_adam_step(monkeypatch):
     from fakes import nan_program
 
     from evorl_nb.dqn import get_config
-    from evorl_nb.population import Population
+    from evorl_nb.batched import Population
 
     b = ProgramBuilder()  # exp(-|Q(s, a)|): finite (0) where Q is infinite, gradient 0
     q_sa = b.SelectList(b.QValues(b.q, b.s_t), b.a_t)

@@ -16,10 +16,10 @@ import torch
 from symeval import SymEval
 from test_lossvm import _close
 
-from evorl_nb import lossvm
+from evorl_nb.batched import lossvm
 from evorl_nb.guards import EPS_DIV, EPS_LOG, EXP_CLIP
 from evorl_nb.ops import OPS, Type
-from evorl_nb.population import LossPlan, StackedQ
+from evorl_nb.batched import LossPlan, StackedQ
 from evorl_nb.program import ProgramBuilder
 
 B, D, A = 16, 4, 3
@@ -139,5 +139,5 @@ def test_the_guards_are_what_every_engine_uses():
     assert repr(EPS_DIV) in OPS["Div"].code and repr(EPS_LOG) in OPS["Log"].code
     assert repr(EXP_CLIP) in OPS["Exp"].code
     assert f"-DEPS_DIV={EPS_DIV!r}f" in lossvm._FLAGS
-    source = lossvm._SOURCE.read_text()
+    source = lossvm._SOURCES[0].read_text()
     assert "#define EPS_DIV" not in source and "-DEPS_DIV" in source

@@ -15,7 +15,8 @@ from fakes import nan_program
 
 from evorl_nb import library, search_space
 from evorl_nb.dqn import QNetwork, get_config, train
-from evorl_nb.population import LossPlan, Population, StackedQ, train_population
+from evorl_nb.batched import LossPlan, Population, StackedQ, train_population
+from evorl_nb.batched.adam import adam_step
 from evorl_nb.program import ProgramBuilder
 
 
@@ -139,7 +140,8 @@ def test_per_row_adam_is_torchs_fused_adam_for_each_agent(counts):
     stepped = np.array([True, True, False, True, False, True])  # row 4 failed this step
     before = [(p.detach().clone(), m.clone(), v.clone())
               for p, (m, v) in zip(params, pop.moments, strict=True)]
-    pop._adam(stepped, learn)
+    adam_step(params, pop.moments, pop.adam_steps, stepped, pop.active[pop.rows] & ~learn,
+              pop.config.lr)
     assert pop.adam_steps.tolist() == [c + s for c, s in zip(counts, stepped, strict=True)]
     for row, count in enumerate(counts):
         if row == 4:
@@ -414,14 +416,14 @@ def test_population_takes_agents_while_training_and_reports_them_as_they_finish(
 
 _FAULTS = """
 import resource, sys, torch
-from evorl_nb.population import Population
+from evorl_nb.batched import Population
 Population("CartPole-v1", "ci", slots=2)  # applies keep_freed_memory() unless opted out
-from evorl_nb import population
+from evorl_nb.batched import memory
 x = torch.randn(256, 64, 64)  # 4 MiB: above glibc's default mmap threshold
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(50):  # the pattern of a batched step: big temporaries made and freed
     a = x * 2; b = a + 1; del a; c = b * 3; del b; float(c.sum()); del c
-print(population._MALLOC_TUNED, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+print(memory._MALLOC_TUNED, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 """
 
 

@@ -1,6 +1,6 @@
 """Vectorized environments: N copies of one environment stepped as a batch.
 
-The population trainer (:mod:`evorl_nb.population`) steps one environment per agent.
+The population trainer (:mod:`evorl_nb.batched`) steps one environment per agent.
 :func:`make_vector_env` returns a fast batched implementation when the env has one
 (:mod:`evorl_nb.envs.vec_classic`, :mod:`evorl_nb.envs.vec_minigrid`) and otherwise
 :class:`GymVectorEnv`, a plain loop over ``make_env`` instances that works for any

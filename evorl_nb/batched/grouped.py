@@ -1,0 +1,88 @@
+"""The grouped torch evaluation of K loss programs: one batched call per group of nodes.
+
+:class:`evorl_nb.batched.plan.LossPlan` sorts the programs' nodes into levels (a node's
+level is one more than its deepest input) and, within a level, into groups of the same
+(op, input types, banks read, bank written). Here a level runs as one gather per value bank
+and one batched call per group, the values carrying a leading group axis. This is the
+engine of every device; on CPU the compiled interpreter (:mod:`evorl_nb.batched.lossvm`)
+runs the same nodes faster.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from evorl_nb.ops import OPS, Type, _bc
+
+__all__ = ["Group", "Level", "run_levels"]
+
+
+@dataclass
+class Group:
+    """One batched call: ``size`` nodes of the same op, input types and banks, one per agent
+    that has such a node at this level."""
+
+    op: str
+    types: tuple[Type, ...]
+    out_class: str
+    args: list[tuple[str, int]]  # (bank class, piece of the level's read) per input position
+    size: int
+
+
+@dataclass
+class Level:
+    """A level's groups, and what it reads: per bank, the rows of every group input taken
+    from it, gathered in one call and split into one piece per input. One gather per bank
+    and level, where one per input made every input's backward a bank-sized zero fill,
+    index_add and accumulation."""
+
+    groups: list[Group] = field(default_factory=list)
+    reads: list[tuple[str, slice | torch.Tensor, list[int]]] = field(default_factory=list)
+
+
+def _sum_trailing(x: torch.Tensor) -> torch.Tensor:
+    """Sum over everything after the (group, batch) axes."""
+    return x.flatten(2).sum(-1) if x.dim() > 2 else x
+
+
+def group_op(op_name: str, args: list[torch.Tensor], types: tuple[Type, ...]) -> torch.Tensor:
+    """``op`` on values with a leading group axis: ``[G, B]`` / ``[G, B, A]`` / ``[G, B, D]``.
+
+    Most ops in the table act on the last axis or elementwise and work unchanged; the ones
+    that reduce over the batch axis are written out here.
+    """
+    op = OPS[op_name]
+    if op_name == "MeanBatch":
+        x = args[0]
+        return x.mean(1, keepdim=True).expand_as(x)
+    if op_name == "StdBatch":
+        x = args[0]
+        return x.std(1, unbiased=False, keepdim=True).expand_as(x)
+    if op_name == "DotProduct" and types[0] in (Type.V, Type.S):
+        return _sum_trailing(args[0] * args[1])
+    if op_name == "L2Distance":
+        x, y = _bc(args[0], args[1])
+        return 0.5 * _sum_trailing((x - y) ** 2)
+    if op.typed:
+        return op.torch(*args, types=types)
+    return op.torch(*args)
+
+
+def run_levels(levels: list[Level], banks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Evaluate ``levels`` in order over the value ``banks`` (class -> stacked rows),
+    appending each group's outputs to its bank; returns the banks."""
+    for level in levels:
+        pieces: dict[str, tuple[torch.Tensor, ...]] = {}
+        for c, idx, sizes in level.reads:
+            x = banks[c][idx] if isinstance(idx, slice) else banks[c].index_select(0, idx)
+            pieces[c] = x.split(sizes) if len(sizes) > 1 else (x,)
+        new: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for g in level.groups:
+            args = [pieces[c][j] for c, j in g.args]
+            new[g.out_class].append(group_op(g.op, args, g.types))
+        for cls, outs in new.items():
+            banks[cls] = torch.cat([banks[cls], *outs]) if cls in banks else torch.cat(outs)
+    return banks
