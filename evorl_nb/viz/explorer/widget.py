@@ -1,32 +1,17 @@
-"""The program explorer: pick a loss, read its DAG and equation, mutate it, train it.
+"""The :class:`ProgramExplorer` widget: the program drop-down, the DAG figure and equation,
+the Mutate / Back buttons and the history, and the layout that holds them with the
+training plots.
 
-:class:`ProgramExplorer` is an ``ipywidgets`` view in a notebook. Pick a library or evolved
-program in the drop-down; its DAG (a plotly ``FigureWidget``) is drawn beside its simplified
-equation. **Mutate** makes a child with the evolution's own mutation operator and says what
-changed (the mutation, the equation before and after, the nodes that changed, joined or left
-the loss, and whether the loss is functionally the same); **Back** returns to the parent.
-**Evaluate** trains the program shown with :func:`evorl_nb.dqn.train`, plotting each episode
-live, and reports the normalized score (or, for a failed run, why it failed).
-
-Every button has a method (:meth:`~ProgramExplorer.select`, :meth:`~ProgramExplorer.mutate`,
-:meth:`~ProgramExplorer.back`, :meth:`~ProgramExplorer.evaluate`), so a notebook or a test can
-drive the explorer without clicking. Every mutation is drawn from one
-``numpy.random.Generator`` seeded by ``seed``: the same calls replay the same session.
-
->>> explorer = ProgramExplorer(seed=0)
->>> explorer.select("dqn_reg").equation()
-'δ^2 + 0.1*Q(s_t, a_t)'
->>> change = explorer.mutate()
->>> change.parent.name, explorer.back().name
-('dqn_reg', 'dqn_reg')
+What a mutation changed is worked out in :mod:`evorl_nb.viz.explorer.changes` and the
+training thread lives in :mod:`evorl_nb.viz.explorer.evaluation`; this module wires them to
+the widgets. ipywidgets and plotly are imported when an explorer is built.
 """
 
 from __future__ import annotations
 
 import html
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,87 +19,20 @@ import numpy as np
 
 from evorl_nb import library
 from evorl_nb.program import N_INPUTS, Program
-from evorl_nb.search_space import Mutation, SearchSpace, get_space, mutate_explained
+from evorl_nb.search_space import SearchSpace, get_space, mutate_explained
+from evorl_nb.viz.explorer.changes import Change, HistoryEntry, change_html
+from evorl_nb.viz.explorer.evaluation import EvaluationMixin
 from evorl_nb.viz.graph import program_figure
 from evorl_nb.viz.style import TEMPLATE
 
 if TYPE_CHECKING:
-    from evorl_nb.dqn import DQNConfig, EpisodeRecord, TrainResult
+    from evorl_nb.dqn import DQNConfig, TrainResult
     from evorl_nb.store import RunData
 
-__all__ = ["ProgramExplorer", "Change", "HistoryEntry"]
+__all__ = ["ProgramExplorer"]
 
 
-@dataclass(frozen=True)
-class Change:
-    """What one mutation did to a program: the parent, the child and how they differ."""
-
-    parent: Program
-    """The program mutated."""
-    child: Program
-    """The mutated program."""
-    mutation: Mutation
-    """The mutation as the search space drew it (``mutation.describe()`` says it in words)."""
-    changed: tuple[int, ...]
-    """Graph indices of the nodes whose op, inputs or value differ."""
-    now_live: tuple[int, ...]
-    """Graph indices the child's loss reads but the parent's did not (added to the loss)."""
-    now_dead: tuple[int, ...]
-    """Graph indices the parent's loss read but the child's does not (removed from the loss)."""
-    same_loss: bool
-    """True if parent and child have the same fingerprint: they compute the same loss, so
-    an evolution would not train the child again (a duplicate)."""
-
-    @classmethod
-    def of(cls, parent: Program, child: Program, mutation: Mutation) -> Change:
-        """Compare ``parent`` and its mutated ``child`` (same number of nodes)."""
-        pairs = zip(parent.nodes, child.nodes, strict=True)
-        changed = tuple(i for i, (a, b) in enumerate(pairs, N_INPUTS) if a != b)
-        before, after = set(parent.live()), set(child.live())
-        return cls(parent, child, mutation, changed, tuple(sorted(after - before)),
-                   tuple(sorted(before - after)), parent.fingerprint() == child.fingerprint())
-
-    def describe(self) -> str:
-        """A few lines of plain text: the mutation, the node changes and the verdict."""
-        lines = [self.mutation.describe()]
-        live = set(self.parent.live()) | set(self.child.live())
-        dead = [i for i in self.changed if i not in live]
-        if dead:
-            lines.append(f"dead in parent and child (the output reads neither): "
-                         f"{_indices(dead)}")
-        if self.now_live:
-            lines.append(f"added to the loss (now live): {_indices(self.now_live)}")
-        if self.now_dead:
-            lines.append(f"removed from the loss (now dead): {_indices(self.now_dead)}")
-        if self.same_loss:
-            lines.append("the loss is functionally the same (same fingerprint)")
-        else:
-            lines.append(f"a different loss (fingerprint {self.parent.fingerprint()} -> "
-                         f"{self.child.fingerprint()})")
-        return "\n".join(lines)
-
-
-def _indices(idx: Iterable[int]) -> str:
-    return ", ".join(str(i) for i in idx) or "none"
-
-
-class _Stopped(Exception):
-    """Raised from the episode callback to end a training run early."""
-
-
-@dataclass
-class HistoryEntry:
-    """One step of :attr:`ProgramExplorer.history`."""
-
-    name: str
-    """The program's display name."""
-    program: Program
-    """The program."""
-    change: Change | None = None
-    """The change that made it from the entry before; None for the program picked."""
-
-
-class ProgramExplorer:
+class ProgramExplorer(EvaluationMixin):
     """An interactive view of loss programs: DAG, equation, mutation and training.
 
     ``programs`` are the ones to choose from: None for the library's losses
@@ -327,169 +245,8 @@ class ProgramExplorer:
             f"<code>{prog.fingerprint()}</code></p>")
         self.path.value = "<b>history:</b> " + " → ".join(
             html.escape(e.name) for e in self.history)
-        self.changes.value = "" if change is None else self._change_html(change)
+        self.changes.value = "" if change is None else change_html(change, self._equations)
         self.back_button.disabled = len(self.history) < 2
-
-    def _change_html(self, change: Change) -> str:
-        m, parent, child = change.mutation, change.parent, change.child
-        live_before, live_after = set(parent.live()), set(child.live())
-        if m.kind == "point":
-            what = (f"a point mutation of node {m.index} ("
-                    + ("live" if m.index in live_before else "dead") + " in the parent, "
-                    + ("live" if m.index in live_after else "dead") + " in the child)")
-        else:
-            what = f"redrew every mutable node ({len(change.changed)} changed)"
-        (text_a, tex_a), (text_b, tex_b) = self._equations(parent), self._equations(child)
-        rows = [f"<p><b>What changed</b> ({html.escape(parent.name or 'parent')} → "
-                f"{html.escape(child.name or 'child')}): {what}</p>"]
-        nodes = []
-        for i in change.changed:
-            a, b = parent.node(i), child.node(i)
-            nodes.append(f"node {i}: <code>{html.escape(a.describe())}</code> → "
-                         f"<code>{html.escape(b.describe())}</code>")
-        rows.append("<ul>" + "".join(f"<li>{n}</li>" for n in nodes[:8])
-                    + (f"<li>… {len(nodes) - 8} more</li>" if len(nodes) > 8 else "")
-                    + f"<li>added to the loss (now live): {_indices(change.now_live)}</li>"
-                    f"<li>removed from the loss (now dead): {_indices(change.now_dead)}</li>"
-                    "</ul>")
-        if text_a == text_b:
-            rows.append(f"<p><b>equation</b> (unchanged): $$ {tex_b} $$</p>")
-        else:
-            rows.append(f"<p><b>equation before</b>: $$ {tex_a} $$</p>"
-                        f"<p><b>after</b>: $$ {tex_b} $$</p>")
-        if change.same_loss:
-            verdict = ("<b>The loss is functionally the same</b>: the child has the parent's "
-                       "fingerprint, so an evolution would count it as a duplicate and not "
-                       "train it again.")
-        elif text_a == text_b:
-            verdict = ("<b>A different loss with the same simplified equation</b>: the values "
-                       "differ (fingerprint changed) but not the gradient, e.g. a term "
-                       "without a gradient changed.")
-        else:
-            verdict = "<b>A different loss</b> (the fingerprint changed)."
-        rows.append(f"<p>{verdict}</p>")
-        return "".join(rows)
-
-    # --- training --------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        """True while a background evaluation is training."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def evaluate(self, *, wait: bool = False, env_id: str | None = None,
-                 config: str | DQNConfig | None = None,
-                 seed: int | None = None) -> TrainResult | None:
-        """Train the program shown and plot each episode live; returns at once by default.
-
-        By default (the button) training runs in a background thread and this returns None:
-        call :meth:`wait` for the :class:`~evorl_nb.dqn.TrainResult`. ``wait=True`` trains in
-        the calling thread (the kernel is busy meanwhile; widgets still update) and returns
-        it. ``env_id`` (default: the env picked), ``config`` (default: :attr:`config`) and
-        ``seed`` (default: :attr:`train_seed`, plus one for each earlier evaluation of the same
-        program, so evaluating again shows a new run beside the first instead of the same
-        curve over it) override the explorer's settings for this run.
-        A run whose loss fails (NaN, explosion, an error) is shown with its reason and scores
-        the config's ``failure_score``; it never raises. One evaluation at a time.
-        """
-        from evorl_nb.dqn import get_config
-        from evorl_nb.envs import get_spec
-
-        if self.running:
-            raise RuntimeError("an evaluation is already running; wait() for it or stop() it")
-        spec = get_spec(env_id or self.env.value)
-        cfg = self.config if config is None else (
-            get_config(config) if isinstance(config, str) else config)
-        key = self.program.structural_hash()
-        if seed is None:  # a repeated evaluation of one program trains a new seed: a new curve
-            seed = self.train_seed + self._evaluated.get(key, 0)
-        self._evaluated[key] = self._evaluated.get(key, 0) + 1
-        self._runs += 1
-        label = f"{self.name} #{self._runs} (seed {seed})"
-        self._stop = threading.Event()
-        self._error = None
-        self.result, self.score = None, None
-        self.evaluate_button.disabled, self.stop_button.disabled = True, False
-        args = (self.program, label, spec, cfg, seed, self._stop)
-        if wait:
-            self._train(*args, background=False)
-            return self.result
-        self._thread = threading.Thread(target=self._train, args=args, daemon=True,
-                                        kwargs={"background": True},
-                                        name="program-explorer-evaluate")
-        self._thread.start()
-        return None
-
-    def wait(self, timeout: float | None = None) -> TrainResult | None:
-        """Wait for the background evaluation (if any) and return its TrainResult.
-
-        None if it was stopped; re-raises an error that broke it (e.g. a missing environment
-        dependency; a failing *loss* is a result, not an error). TimeoutError if it is still
-        running after ``timeout`` seconds.
-        """
-        t = self._thread
-        if t is not None:
-            t.join(timeout)
-            if t.is_alive():
-                raise TimeoutError(f"the evaluation is still running after {timeout} s")
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
-        return self.result
-
-    def stop(self) -> None:
-        """Ask the running evaluation to stop at the end of its current episode."""
-        self._stop.set()
-        if self.running:
-            self.status.value += " · <i>stopping at the end of this episode…</i>"
-
-    def _train(self, program: Program, label: str, spec, cfg: DQNConfig, seed: int,
-               stop: threading.Event, *, background: bool) -> None:
-        from evorl_nb.dqn import train
-
-        trace = len(self.curve.data)
-        self.curve.add_scatter(x=[], y=[], mode="lines+markers", name=label,
-                               marker=dict(size=4), line=dict(width=1.5))
-        head = (f"<b>{html.escape(label)}</b> on {html.escape(spec.env_id)} "
-                f"(seed {seed})")
-        self.status.value = f"{head}: training…"
-
-        def on_episode(rec: EpisodeRecord) -> None:
-            if stop.is_set():
-                raise _Stopped
-            self.monitor.add(label, rec)
-            tr = self.curve.data[trace]
-            norm = float(spec.normalize(rec.ret))
-            with self.curve.batch_update():
-                tr.x, tr.y = (*tr.x, rec.step), (*tr.y, norm)
-            self.status.value = (f"{head}: episode {rec.episode + 1}, step {rec.step}, "
-                                 f"return {rec.ret:g} (normalized {norm:.3f})")
-
-        try:
-            result = train(program, spec.env_id, cfg, seed=seed, callback=on_episode)
-        except _Stopped:
-            n = len(self.monitor.records.get(label, []))
-            self.status.value = f"{head}: <b>stopped</b> after {n} episodes (no score)"
-        except BaseException as e:
-            self.status.value = (f"{head}: <b style='color:#d62728'>error</b> "
-                                 f"{html.escape(type(e).__name__)}: {html.escape(str(e))}")
-            if not background:
-                raise
-            self._error = e
-        else:
-            self.result, self.results[label] = result, result
-            self.score = result.score(spec, failure_score=cfg.failure_score)
-            done = (f"{len(result.episodes)} episodes, {result.steps} steps, "
-                    f"{result.wall_time:.1f} s")
-            if result.failed:
-                self.status.value = (
-                    f"{head}: <b style='color:#d62728'>failed</b>: {html.escape(result.reason)} "
-                    f"({done}); a failed run scores {self.score:g}")
-            else:
-                self.status.value = (f"{head}: normalized score <b>{self.score:.3f}</b> (mean "
-                                     f"normalized return over {done})")
-        finally:
-            self.evaluate_button.disabled, self.stop_button.disabled = False, True
 
     # --- widget plumbing -------------------------------------------------------------
 
