@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from evorl_nb.envs import UnknownEnvError, env_ids, make_env
-from evorl_nb.envs.vec_minigrid import MINIGRID_IDS, VECTORIZED, MiniGridVec, _PCGStreams
+from evorl_nb.envs.pcg64_streams import PCGStreams
+from evorl_nb.envs.vec_minigrid import MINIGRID_IDS, VECTORIZED, MiniGridVec
 from evorl_nb.envs.vector import GymVectorEnv, make_vector_env, vectorized_ids
 
 N = 8
@@ -239,7 +240,7 @@ def test_layout_paths_agree(env_id, path, words):
     running out of words (and hand over to the env) and the vectorized ones keep refilling."""
     vec = MiniGridVec(env_id, 4)
     vec.layout_path = path
-    vec._rng = _PCGStreams(4, k=words)
+    vec._rng = PCGStreams(4, k=words)
     steps = 2400 if "KeyCorridor" in env_id else 1000  # its episodes are longer
     counts = run_parity(env_id, steps, n=4, epsilon=EPSILON[1::2], vec=vec)
     assert counts["episodes"] > 5
