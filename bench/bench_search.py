@@ -41,7 +41,7 @@ def one_search(width: int, candidates: int, seed: int, workers: int, max_steps: 
     from evorl_nb.runner import start
     from evorl_nb.store import load_run
 
-    config = get_preset("quick", candidates=candidates, batch=width,
+    config = get_preset("quick", candidates=candidates, width=width,
                         trainer={"preset": "quick", "max_steps": max_steps})
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ search proposes them) on CartPole-v0 with the ``quick`` trainer (400 episodes, c
 here at ``--max-steps``), so some candidates end after a few thousand steps (short failed
 episodes) and others run to the cap. Timed in the same run, one core:
 
-* ``one at a time``: :func:`evorl_nb.dqn.train` per candidate (``--batch 1``);
+* ``one at a time``: :func:`evorl_nb.dqn.train` per candidate (``--width 1``);
 * ``fixed batches``: :func:`evorl_nb.batched.train_population` on consecutive groups
   of ``slots`` candidates (the search before continuous batching: a batch lives until its
   slowest member);

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from evorl_nb.presets import (  # noqa: F401 - re-exported: the search's config lives there
-    DEFAULT_BATCH,
+    DEFAULT_WIDTH,
     ConfigError,
     EvolutionConfig,
     format_hurdle,
@@ -44,7 +44,7 @@ from evorl_nb.program import Program, ProgramError
 from evorl_nb.search_space import get_space, mutate_explained, random_program
 
 __all__ = ["EvolutionConfig", "ConfigError", "get_preset", "preset_names", "trainer_config",
-           "parse_hurdle", "Evolution", "Proposal", "Outcome", "ProgramEvaluator", "DEFAULT_BATCH"]
+           "parse_hurdle", "Evolution", "Proposal", "Outcome", "ProgramEvaluator", "DEFAULT_WIDTH"]
 
 @dataclass
 class Outcome:

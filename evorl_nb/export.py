@@ -10,7 +10,7 @@ each line is the op table's own source line for that node (``Op.source``), so th
 (division and log epsilons, the exp clamp) and the detach points (the target network runs
 without gradient) are the ones evorl_nb trains with. Dead nodes are dropped, identical
 sub-graphs are computed once, and random ops draw from ``generator`` in the order
-``Program.evaluate`` does. Each line is named after the quantity it computes where it is a
+``Program.per_transition`` does. Each line is named after the quantity it computes where it is a
 familiar one (``q_sa``, ``y``, ``delta``) and carries that quantity's formula as a comment.
 
 :func:`export` also writes a program's JSON file or its LaTeX equation.

@@ -118,7 +118,8 @@ def fingerprint_values(program: Program) -> np.ndarray:
         batch, q, q_targ = probe_inputs(kind)
         gen = torch.Generator().manual_seed(PROBE["seed"] + 1)
         with torch.no_grad():
-            outs.append(program.evaluate(batch, q, q_targ, gamma=1.0, generator=gen).double().numpy())
+            values = program.per_transition(batch, q, q_targ, gamma=1.0, generator=gen)
+            outs.append(values.double().numpy())
     out = np.concatenate(outs)
     with np.errstate(all="ignore"):
         out = np.where(np.isnan(out), _NAN, out)

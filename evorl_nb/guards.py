@@ -1,8 +1,9 @@
 """The numeric guards of the op table, in one place for every engine.
 
 The torch meaning of an op (:mod:`evorl_nb.ops`), its sympy meaning (:mod:`evorl_nb.symbols`)
-and the compiled loss interpreter (``batched/csrc/interp.c``, built with these values as ``-D`` flags by
-:mod:`evorl_nb.batched.lossvm`) all read them from here, so a changed guard changes every engine.
+and the compiled loss interpreter (``batched/csrc/interp.c``, built with these values as
+``-D`` flags by :mod:`evorl_nb.batched.lossvm`) all read them from here, so a changed guard
+changes every engine.
 """
 
 from __future__ import annotations

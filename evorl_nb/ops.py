@@ -87,12 +87,24 @@ class Op:
     reduced: str | None = field(default=None, repr=False)
     broadcast: bool = False
     doc: str = ""
+    vm: str | None = None
+    """The compiled interpreter's instruction for this op (``batched/csrc/interp.c``); None
+    for the ops it reads instead of computing (Q-network calls, constants, random draws)."""
+    vm_reduced: str | None = None
+    """The instruction where a typed op sums its inputs' trailing axes into an R (else
+    :attr:`vm`)."""
 
     @functools.cached_property
     def torch(self) -> Callable[..., Any]:
         """The op's source line compiled into a function (on first use: importing the op
         table does not import torch)."""
-        return _compile(self)
+        return _compile(self, axis=0)
+
+    @functools.cached_property
+    def grouped(self) -> Callable[..., Any]:
+        """:attr:`torch` for values with a leading group axis (``[G, B, ...]``: the batch on
+        axis 1), as the population trainer's grouped evaluation stacks them."""
+        return _compile(self, axis=1)
 
     @property
     def arity(self) -> int:
@@ -106,12 +118,18 @@ class Op:
                 return out
         return None
 
-    def source(self, input_types: tuple[Type, ...] = ()) -> str:
+    def reduces(self, input_types: tuple[Type, ...]) -> bool:
+        """True if this typed op sums its inputs' trailing axes into an R for these types."""
+        return bool(self.reduced) and input_types[0] in _reducing(self)
+
+    def source(self, input_types: tuple[Type, ...] = (), axis: int = 0) -> str:
         """The source line for these input types: ``reduced`` where a typed op sums its
-        inputs' trailing axes into an R, else ``code``."""
-        if self.reduced and input_types[0] in _reducing(self):
-            return self.reduced
-        return self.code
+        inputs' trailing axes into an R, else ``code``; the batch on axis ``axis``."""
+        return _on_axis(self.reduced if self.reduces(input_types) else self.code, axis)
+
+    def vm_op(self, input_types: tuple[Type, ...]) -> str | None:
+        """The interpreter's instruction for these input types (None: none)."""
+        return self.vm_reduced if self.vm_reduced and self.reduces(input_types) else self.vm
 
 
 @dataclass(frozen=True)
@@ -149,9 +167,17 @@ def _broadcast() -> tuple[Signature, ...]:
 #
 # An op's PyTorch meaning is one line of source over its inputs ``{x}`` and ``{y}`` (and,
 # for a source op, ``{like}`` (a [B] tensor giving shape, dtype and device), ``{value}`` and
-# ``{generator}``). The table compiles it into ``Op.torch``; ``evorl_nb.export`` writes
-# the same line into a standalone loss file. Ops marked ``broadcast`` first pad the
-# lower-rank input on the right, as the authors' code does (an R against a List[R] or V).
+# ``{generator}``). ``{b}`` is the batch axis and ``{t}`` the first axis after it: 0 and 1
+# for one program's values (``Op.torch``), 1 and 2 for the grouped evaluation's, which
+# stacks groups of values on a leading axis (``Op.grouped``). The table compiles the line;
+# ``evorl_nb.export`` writes it into a standalone loss file. Ops marked ``broadcast`` first
+# pad the lower-rank input on the right, as the authors' code does (an R against a List[R]
+# or V).
+
+
+def _on_axis(line: str, axis: int) -> str:
+    """``line`` with its batch axis ``{b}`` (and the axis after it, ``{t}``) filled in."""
+    return line.replace("{b}", str(axis)).replace("{t}", str(axis + 1))
 
 
 def _bc(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,8 +196,9 @@ def _reducing(op: Op) -> frozenset:
                      for t in Type if t.fits(ins[0]))
 
 
-def _compile(op: Op) -> Callable[..., Any]:
-    """``Op.torch``: the op's source line(s) compiled into a function."""
+def _compile(op: Op, axis: int) -> Callable[..., Any]:
+    """``Op.torch`` (``axis`` 0) or ``Op.grouped`` (1): the op's source line(s), the batch
+    on ``axis``, compiled into a function."""
     import torch
 
     if op.arity == 0:
@@ -186,8 +213,8 @@ def _compile(op: Op) -> Callable[..., Any]:
             text += "    x, y = _bc(x, y)\n"
         if op.typed and op.reduced:
             text += (f"    if types[0] in reducing:\n"
-                     f"        return {op.reduced.format(**fill)}\n")
-        text += f"    return {op.code.format(**fill)}\n"
+                     f"        return {_on_axis(op.reduced, axis).format(**fill)}\n")
+        text += f"    return {_on_axis(op.code, axis).format(**fill)}\n"
     scope = {"torch": torch, "_bc": _bc, "reducing": _reducing(op)}
     exec(compile(text, f"<op {op.name}>", "exec"), scope)  # noqa: S102 - the table's own source
     return scope[op.name]
@@ -196,81 +223,86 @@ def _compile(op: Op) -> Callable[..., Any]:
 # --- the table ---------------------------------------------------------------
 
 _VEC = (V, S)  # types DotProduct sums over their trailing axes
-_SUM_TRAILING = ".flatten(1).sum(-1)"
+_SUM_TRAILING = ".flatten({t}).sum(-1)"
 
 
 def _rows() -> list[Op]:
     s = sym
     return [
         Op("Add", _broadcast(), "{x} + {y}", lambda x, y: x + y, "+", commutative=True,
-           broadcast=True, doc="x + y"),
+           broadcast=True, doc="x + y", vm="ADD"),
         Op("Subtract", _broadcast(), "{x} - {y}", lambda x, y: x - y, "-", broadcast=True,
-           doc="x - y"),
+           doc="x - y", vm="SUB"),
         Op("Max", _same(), "torch.maximum({x}, {y})", s.smax, "max", commutative=True,
-           broadcast=True, doc="elementwise max(x, y)"),
+           broadcast=True, doc="elementwise max(x, y)", vm="MAX"),
         Op("Min", _same(), "torch.minimum({x}, {y})", s.smin, "min", commutative=True,
-           broadcast=True, doc="elementwise min(x, y)"),
+           broadcast=True, doc="elementwise min(x, y)", vm="MIN"),
         Op("DotProduct", (((R, R), R), ((LIST, LIST), LIST)) + tuple(((t, t), R) for t in _VEC),
            "{x} * {y}", s.dot, "·", commutative=True, typed=True,
            reduced="({x} * {y})" + _SUM_TRAILING,
-           doc="x * y for R and List[R]; summed over the last axis for V and S"),
+           doc="x * y for R and List[R]; summed over the last axis for V and S", vm="MUL",
+           vm_reduced="DOT"),
         Op("Div", _same(), f"{{x}} / ({{y}} + {EPS_DIV!r})", lambda x, y: s.div(x, y), "/",
-           doc="x / (y + 1e-10)"),
+           doc="x / (y + 1e-10)", vm="DIV"),
         Op("L2Distance", (((R, R), R), ((LIST, LIST), R)) + tuple(((t, t), R) for t in _VEC),
            "0.5 * ({x} - {y}) ** 2", s.l2distance, "½(x−y)²", commutative=True, typed=True,
            reduced="0.5 * (({x} - {y}) ** 2)" + _SUM_TRAILING,
-           doc="0.5 * (x - y)^2, summed over the last axis"),
+           doc="0.5 * (x - y)^2, summed over the last axis", vm="L2"),
         Op("MaxList", (((LIST,), R),), "{x}.max(-1).values", s.reduction("max"), "max_a",
-           doc="max over actions"),
+           doc="max over actions", vm="MAXLIST"),
         Op("MinList", (((LIST,), R),), "{x}.min(-1).values", s.reduction("min"), "min_a",
-           doc="min over actions"),
+           doc="min over actions", vm="MINLIST"),
         Op("ArgMaxList", (((LIST,), Z),), "{x}.argmax(-1)", s.argmax, "argmax_a",
-           doc="the action with the largest value (no gradient)"),
+           doc="the action with the largest value (no gradient)", vm="ARGMAX"),
         Op("SelectList", (((LIST, Z), R),), "{x}.gather(-1, {y}.long().unsqueeze(-1)).squeeze(-1)",
-           s.select, "[a]", doc="the entry of a per-action list at an action index"),
+           s.select, "[a]", doc="the entry of a per-action list at an action index", vm="SELECT"),
         Op("MeanList", (((LIST,), R),), "{x}.mean(-1)", s.reduction("mean"), "mean_a",
-           doc="mean over actions"),
+           doc="mean over actions", vm="MEANLIST"),
         Op("VarianceList", (((LIST,), R),), "{x}.var(-1, unbiased=False)",
-           s.reduction("var"), "var_a", doc="variance over actions"),
+           s.reduction("var"), "var_a", doc="variance over actions", vm="VARLIST"),
         Op("StdList", (((LIST,), R),), "{x}.std(-1, unbiased=False)",
-           s.reduction("std"), "std_a", doc="standard deviation over actions"),
+           s.reduction("std"), "std_a", doc="standard deviation over actions", vm="STDLIST"),
         Op("SumList", (((LIST,), R),), "{x}.sum(-1)", s.reduction("sum"), "Σ_a",
-           doc="sum over actions"),
+           doc="sum over actions", vm="SUMLIST"),
         Op("LogSumExpList", (((LIST,), R),), "torch.logsumexp({x}, -1)",
-           s.reduction("logsumexp"), "logΣexp_a", doc="log sum_a exp(x_a)"),
+           s.reduction("logsumexp"), "logΣexp_a", doc="log sum_a exp(x_a)", vm="LSE"),
         Op("Log", _unary(), f"torch.log({{x}}.abs() + {EPS_LOG!r})", s.log, "log",
-           doc="log(|x| + 1e-12)"),
+           doc="log(|x| + 1e-12)", vm="LOG"),
         Op("Exp", _unary(), f"torch.exp({{x}}).clamp({-EXP_CLIP!r}, {EXP_CLIP!r})", s.exp, "exp",
-           doc="exp(x) clipped to +-1e10"),
-        Op("Abs", _unary(), "{x}.abs()", sympy.Abs, "|x|", doc="|x|"),
+           doc="exp(x) clipped to +-1e10", vm="EXP"),
+        Op("Abs", _unary(), "{x}.abs()", sympy.Abs, "|x|", doc="|x|", vm="ABS"),
         Op("QValues", (((PARAM, S), LIST),), "{x}({y})", s.qvalues, "Q(s,·)",
            doc="the Q network's values of every action in a state"),
         Op("Softmax", (((LIST,), P),), "torch.softmax({x}, -1)", s.softmax, "softmax",
-           doc="softmax over actions"),
+           doc="softmax over actions", vm="SOFTMAX"),
         Op("KLDiv", (((P, P), R),),
            f"({{x}} * (torch.log({{x}} + {EPS_PROB!r}) - torch.log({{y}} + {EPS_PROB!r})))"
-           ".sum(-1)", s.kl, "KL", doc="sum_a p log(p/q) (1e-8 guards)"),
+           ".sum(-1)", s.kl, "KL", doc="sum_a p log(p/q) (1e-8 guards)", vm="KL"),
         Op("Entropy", (((P,), R),), f"-({{x}} * torch.log({{x}} + {EPS_PROB!r})).sum(-1)",
-           s.entropy, "H", doc="-sum_a p log(p + 1e-8) (the authors' code returns the negative)"),
+           s.entropy, "H", doc="-sum_a p log(p + 1e-8) (the authors' code returns the negative)",
+           vm="ENTROPY"),
         Op("Constant", (((), R),), "torch.full_like({like}, {value})", s.constant, "c",
            doc="a constant; search spaces draw it from 1, 0.5, 0.2, 0.1, 0.01"),
         Op("MultiplyTenth", _unary(), "0.1 * {x}", lambda x: sympy.Float(0.1) * x, "×0.1",
-           doc="0.1 * x"),
+           doc="0.1 * x", vm="TENTH"),
         Op("Normal", (((), R),), "torch.randn({like}.shape, generator={generator}, "
            "dtype={like}.dtype, device={like}.device)", s.normal, "N(0,1)", random=True,
            doc="a fresh N(0, 1) sample per transition, at every call"),
         Op("Uniform", (((), R),), "torch.rand({like}.shape, generator={generator}, "
            "dtype={like}.dtype, device={like}.device)", s.uniform, "U(0,1)", random=True,
            doc="a fresh U(0, 1) sample per transition, at every call"),
-        Op("MeanBatch", _unary(), "{x}.mean(0, keepdim=True).expand_as({x})", s.batch("mean"),
-           "mean_B", doc="mean over the batch, broadcast back to every transition"),
-        Op("StdBatch", _unary(), "{x}.std(0, unbiased=False, keepdim=True).expand_as({x})",
-           s.batch("std"), "std_B", doc="standard deviation over the batch, broadcast back"),
+        Op("MeanBatch", _unary(), "{x}.mean({b}, keepdim=True).expand_as({x})", s.batch("mean"),
+           "mean_B", doc="mean over the batch, broadcast back to every transition", vm="MEANB"),
+        Op("StdBatch", _unary(), "{x}.std({b}, unbiased=False, keepdim=True).expand_as({x})",
+           s.batch("std"), "std_B", doc="standard deviation over the batch, broadcast back",
+           vm="STDB"),
         Op("MaxFloat", (((R, LIST), LIST), ((R, V), V)), "torch.maximum({x}, {y})", s.smax,
-           "max", broadcast=True, doc="max of a float and each entry of a list or vector"),
+           "max", broadcast=True, doc="max of a float and each entry of a list or vector",
+           vm="MAX"),
         Op("MultiplyFloat", (((R, LIST), LIST), ((R, V), V)), "{x} * {y}",
-           lambda x, y: x * y, "×", broadcast=True, doc="a float times a list or vector"),
-        Op("L2Norm", _unary(), "{x} * {x}", lambda x: x**2, "x²", doc="x^2"),
+           lambda x, y: x * y, "×", broadcast=True, doc="a float times a list or vector",
+           vm="MUL"),
+        Op("L2Norm", _unary(), "{x} * {x}", lambda x: x**2, "x²", doc="x^2", vm="SQUARE"),
     ]
 
 

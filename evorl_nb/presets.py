@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DQNConfig", "config_names", "get_config", "trainer_config", "EvolutionConfig",
            "ConfigError", "get_preset", "preset_names", "preset_summaries", "parse_hurdle",
-           "format_hurdle", "BUDGETS", "HURDLE", "TRAINING_ENVS", "DEFAULT_BATCH"]
+           "format_hurdle", "BUDGETS", "HURDLE", "TRAINING_ENVS", "DEFAULT_WIDTH",
+           "RENAMED"]
 
 # --- the trainer --------------------------------------------------------------
 
@@ -149,9 +150,24 @@ TRAINING_ENVS = ("CartPole-v0", "MiniGrid-KeyCorridorS3R1-v0",
                  "MiniGrid-Dynamic-Obstacles-6x6-v0", "MiniGrid-DoorKey-5x5-v0")
 """The environments DQNReg was evolved on (CartPole is the hurdle)."""
 
-DEFAULT_BATCH = 64
+DEFAULT_WIDTH = 64
 """Candidates a search worker trains at once by default: the width bench/bench_search.py
 measures fastest on a 2-core machine (docs/performance.md, "Search width")."""
+
+RENAMED = {"batch": "width"}
+"""Search config fields renamed since runs were first saved (old name -> new name): a saved
+run, a TOML file or a keyword with the old name still means the field."""
+
+
+def _renamed(data: dict, where: str) -> dict:
+    """``data`` with old field names replaced by new ones (both at once is an error)."""
+    out = dict(data)
+    for old, new in RENAMED.items():
+        if old in out:
+            if new in out:
+                raise ConfigError(f"{where}: {old!r} is the old name of {new!r}; give one")
+            out[new] = out.pop(old)
+    return out
 
 
 class ConfigError(ValueError):
@@ -185,11 +201,12 @@ class EvolutionConfig:
     """Score window: "all" episodes (the paper's) or "last50" (the authors' code)."""
     eval_seed: int = 0
     """Training seed of every candidate (one seed for all, so the cache is consistent)."""
-    batch: int = DEFAULT_BATCH
+    width: int = DEFAULT_WIDTH
     """Candidates a worker trains at once with the population trainer (1: one at a time
-    with dqn.train). Local workers use continuous batching: a finished candidate's slot
-    goes to the next one at once, and the evolution proposes a child for it then. A
-    candidate's score does not depend on its batch (up to float rounding)."""
+    with dqn.train); called ``batch`` before (still accepted). Local workers use continuous
+    batching: a finished candidate's slot goes to the next one at once, and the evolution
+    proposes a child for it then. A candidate's score does not depend on the width (up to
+    float rounding)."""
 
     def to_dict(self) -> dict:
         """JSON-ready form (stored with a run)."""
@@ -199,11 +216,13 @@ class EvolutionConfig:
     def from_dict(cls, data: dict) -> "EvolutionConfig":
         """Rebuild from :meth:`to_dict` (lists become tuples); unknown keys are an error."""
         names = {f.name for f in fields(cls)}
+        data = _renamed(data, "evolution config")
         unknown = set(data) - names
         if unknown:
-            raise ValueError(f"unknown evolution config field(s) {sorted(unknown)}; known: {sorted(names)}")
+            raise ValueError(f"unknown evolution config field(s) {sorted(unknown)}; "
+                             f"known: {sorted(names)}")
         fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        fixed.setdefault("batch", 1)  # runs saved before batches trained one at a time
+        fixed.setdefault("width", 1)  # runs saved before candidates trained several at once
         return cls(**fixed)
 
     @classmethod
@@ -219,7 +238,9 @@ class EvolutionConfig:
                              f"{e}") from None
 
     def replace(self, **changes: Any) -> "EvolutionConfig":
-        """A copy with ``changes``; unknown field names are a :class:`ConfigError`."""
+        """A copy with ``changes`` (an old field name, see :data:`RENAMED`, means the new
+        one); unknown field names are a :class:`ConfigError`."""
+        changes = _renamed(changes, "evolution config")
         names = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - names)
         if unknown:
@@ -248,7 +269,7 @@ class EvolutionConfig:
         need(self.tournament <= self.population, "tournament",
              f"must be at most the population ({self.population})")
         count("candidates")
-        count("batch")
+        count("width")
         count("eval_seed", 0)
         need(self.space in ("bootstrap", "scratch"), "space", 'must be "bootstrap" or "scratch"')
         need(isinstance(self.seed_programs, tuple) and len(self.seed_programs) > 0
@@ -414,7 +435,7 @@ _EVOLUTION = {
                 "re-scoring included)"),
     # seconds: the whole loop on the ci trainer
     "ci": (EvolutionConfig(population=6, tournament=3, candidates=16, envs=("CartPole-v0",),
-                           hurdle=None, trainer="ci", batch=4),
+                           hurdle=None, trainer="ci", width=4),
            "16 candidates on the ci trainer (seconds; a smoke test)"),
 }
 

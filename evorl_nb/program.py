@@ -148,10 +148,12 @@ class Program:
 
     # --- meaning ---------------------------------------------------------
 
-    def evaluate(self, batch: Batch, q_net: Callable, target_net: Callable, gamma: float = 0.99,
-                 *, generator: torch.Generator | None = None,
-                 trace: list | None = None) -> torch.Tensor:
+    def per_transition(self, batch: Batch, q_net: Callable, target_net: Callable,
+                       gamma: float = 0.99, *, generator: torch.Generator | None = None,
+                       trace: list | None = None) -> torch.Tensor:
         """The per-transition loss, shape [B]; differentiable in ``q_net``'s parameters.
+        (To *evaluate* a program, Eval(L, E), is to train agents with it:
+        :func:`evorl_nb.evaluate.evaluate`.)
 
         ``q_net`` and ``target_net`` map observations [B, ...] to Q-values
         [B, A]; the target network is run without gradient. ``generator``
@@ -183,8 +185,17 @@ class Program:
 
     def loss(self, batch: Batch, q_net: Callable, target_net: Callable, gamma: float = 0.99,
              *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The scalar loss: the batch mean of :meth:`evaluate`."""
-        return self.evaluate(batch, q_net, target_net, gamma, generator=generator).mean()
+        """The scalar loss: the batch mean of :meth:`per_transition`."""
+        return self.per_transition(batch, q_net, target_net, gamma, generator=generator).mean()
+
+    def evaluate(self, *args, **kwargs) -> torch.Tensor:
+        """Deprecated name of :meth:`per_transition` (``evaluate`` means Eval(L, E), training
+        agents, everywhere else); warns and calls it."""
+        import warnings
+
+        warnings.warn("Program.evaluate is now Program.per_transition", DeprecationWarning,
+                      stacklevel=2)
+        return self.per_transition(*args, **kwargs)
 
     def to_sympy(self, *, guards: bool = True):
         """The exact sympy expression of the per-transition loss (see ``evorl_nb.symbolic``)."""

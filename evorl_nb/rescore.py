@@ -92,7 +92,7 @@ def rescore(run: str | Path, *, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SEE
         todo = [(e, s) for s in range(first_seed, first_seed + seeds) for e in entries
                 if (e["entry"], s) not in have]
         if todo:
-            _train(store, todo, evaluator, config.batch, backend, workers, timeout, address,
+            _train(store, todo, evaluator, config.width, backend, workers, timeout, address,
                    progress, len(entries) * seeds)
     finally:
         store.close()

@@ -155,7 +155,7 @@ def drive(store: RunStore, evo: Evolution, backend: str = "inprocess", *,
           evaluator: Callable | None = None, progress: bool = True, verbose: bool = True) -> None:
     """Run ``evo`` to its budget, training candidates on ``backend`` and recording them."""
     evaluator = evaluator or ProgramEvaluator.from_config(evo.config)
-    size = max(1, int(getattr(evo.config, "batch", 1)))
+    size = max(1, int(getattr(evo.config, "width", 1)))
     be = make_backend(backend, workers, timeout, address, slots=size)
     inflight: dict[str, Proposal] = {}
     stats = _Stats(evo)

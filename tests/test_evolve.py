@@ -245,7 +245,7 @@ def test_local_backend_streams_candidates_through_worker_slots(tmp_path):
     """With batch > 1 and a streaming evaluator, each worker holds up to `batch`
     candidates and takes new ones as others finish (no batch barrier)."""
     ev = FakeStreamingEvaluator(sleep=0.01)
-    path = start(tmp_path / "stream", tiny(candidates=24, batch=3), seed=0, backend="local",
+    path = start(tmp_path / "stream", tiny(candidates=24, width=3), seed=0, backend="local",
                  workers=2, evaluator=ev, progress=False, verbose=False)
     df = load_run(path).candidates
     trained = df[df.status == "trained"]
@@ -259,7 +259,7 @@ def test_streaming_worker_death_retries_its_candidates_alone(tmp_path):
     """A streaming worker that dies takes its co-tenants down: they are retried on a worker
     of their own (not counted against them), and only the culprit fails twice."""
     always = FakeStreamingEvaluator(crash_every=1, spare=(DQN_FP,))
-    path = start(tmp_path / "always", tiny(candidates=8, batch=3), seed=0, backend="local",
+    path = start(tmp_path / "always", tiny(candidates=8, width=3), seed=0, backend="local",
                  workers=2, evaluator=always, progress=False, verbose=False)
     df = load_run(path).candidates
     failed = df[df.status == "failed"]
@@ -268,7 +268,7 @@ def test_streaming_worker_death_retries_its_candidates_alone(tmp_path):
     marker_dir = tmp_path / "markers"
     marker_dir.mkdir()
     once = FakeStreamingEvaluator(crash_every=1, spare=(DQN_FP,), crash_once_dir=str(marker_dir))
-    path = start(tmp_path / "once", tiny(candidates=10, batch=3), seed=0, backend="local",
+    path = start(tmp_path / "once", tiny(candidates=10, width=3), seed=0, backend="local",
                  workers=2, evaluator=once, progress=False, verbose=False)
     df = load_run(path).candidates
     assert len(df) == 10 and (df.status != "failed").all()
@@ -277,7 +277,7 @@ def test_streaming_worker_death_retries_its_candidates_alone(tmp_path):
 def test_a_candidates_score_does_not_depend_on_its_batch(tmp_path):
     """A real search on local streaming workers: every trained candidate scores exactly
     what it scores trained alone with the search's seed (per-agent random streams)."""
-    cfg = get_preset("ci", candidates=10, batch=3)
+    cfg = get_preset("ci", candidates=10, width=3)
     path = start(tmp_path / "real", cfg, seed=0, backend="local", workers=2, progress=False,
                  verbose=False)
     df = load_run(path).candidates
@@ -295,7 +295,7 @@ def test_inprocess_backend_streams_deterministically(tmp_path):
     ev = FakeStreamingEvaluator()
     runs = []
     for name in ("a", "b"):
-        path = start(tmp_path / name, tiny(candidates=20, batch=3), seed=1, evaluator=ev,
+        path = start(tmp_path / name, tiny(candidates=20, width=3), seed=1, evaluator=ev,
                      progress=False, verbose=False)
         runs.append(load_run(path).candidates)
     a, b = runs

@@ -70,7 +70,7 @@ from fakes import FakeEvaluator
 from evorl_nb.evolve import get_preset
 from evorl_nb.runner import start
 cfg = get_preset("ci", population=8, tournament=3, candidates={n}, envs=("CartPole-v0",),
-                 hurdle=None, trainer="ci", batch=1)
+                 hurdle=None, trainer="ci", width=1)
 start({out!r}, cfg, seed=3, backend="local", workers=2, evaluator=FakeEvaluator(sleep={sleep}),
       progress=False, verbose=False)
 """
@@ -568,7 +568,7 @@ from evorl_nb.store import StoreError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
 resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 cfg = get_preset("ci", population=8, tournament=3, candidates={n}, envs=("CartPole-v0",),
-                 hurdle=None, trainer="ci", batch=1)
+                 hurdle=None, trainer="ci", width=1)
 try:
     start({out!r}, cfg, seed=3, evaluator=FakeEvaluator(), progress=False, verbose=False)
 except StoreError as e:

@@ -2,7 +2,7 @@
 
 For each op and each of its signatures whose input types a program can make, a smallest
 program applies the op to those inputs (with the gradient of q flowing into it) and reduces
-the result to the loss. The op's torch meaning (``Program.evaluate``) is the reference: its
+the result to the loss. The op's torch meaning (``Program.per_transition``) is the reference: its
 sympy meaning, evaluated numerically by ``tests/symeval.py``, gives the same per-transition
 values; the compiled interpreter and the grouped torch evaluation of the population trainer
 give the same losses and gradients. A new op, or a changed meaning or guard, that one engine
@@ -11,15 +11,16 @@ lacks fails here by name.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from symeval import SymEval
 from test_lossvm import _close
 
-from evorl_nb.batched import lossvm
+from evorl_nb.batched import LossPlan, StackedQ, lossvm
 from evorl_nb.guards import EPS_DIV, EPS_LOG, EXP_CLIP
 from evorl_nb.ops import OPS, Type
-from evorl_nb.batched import LossPlan, StackedQ
 from evorl_nb.program import ProgramBuilder
 
 B, D, A = 16, 4, 3
@@ -71,8 +72,18 @@ def test_every_op_is_covered_and_only_the_v_typings_cannot_be_made():
     # (the authors' grammar) but no program can reach them
     assert {ins for _, ins in UNMADE} and all(T.V in ins for _, ins in UNMADE)
     assert {name for name, _ in MADE} == set(OPS)
-    vm = set(lossvm._SIMPLE) | {"DotProduct", "QValues", "Constant", "Normal", "Uniform"}
-    assert set(OPS) <= vm, f"ops the interpreter lacks: {sorted(set(OPS) - vm)}"
+    # every op the interpreter computes names its instruction, and the interpreter has it;
+    # the others (Q-network calls, constants, draws) are read from the batch
+    read = {"QValues", "Constant", "Normal", "Uniform"}
+    lacking = sorted(name for name, op in OPS.items() if op.vm is None and name not in read)
+    assert not lacking, f"ops the interpreter lacks: {lacking}"
+    for op in OPS.values():
+        for name in (op.vm, op.vm_reduced):
+            assert name is None or name in lossvm.OPCODES, (op.name, name)
+    # and the instructions are numbered as the C interpreter's enum numbers them
+    enum = re.search(r"enum \{\s*(OP_ADD.*?)\};", lossvm._SOURCES[0].read_text(), re.S).group(1)
+    names = [w[3:] for w in re.findall(r"OP_\w+", re.sub(r"/\*.*?\*/", "", enum, flags=re.S))]
+    assert names == list(lossvm.OPCODES), names
 
 
 def _probe(dtype=torch.float64):
@@ -95,7 +106,7 @@ def _probe(dtype=torch.float64):
 def test_sympy_meaning_equals_torch_meaning(name, ins):
     prog = _program(name, ins)
     batch, q, qt = _probe()
-    want = prog.evaluate(batch, q, qt, 0.99).detach().numpy()
+    want = prog.per_transition(batch, q, qt, 0.99).detach().numpy()
     got = SymEval(batch, q, qt, 0.99)(prog.to_sympy())
     assert got.shape == want.shape
     assert ((abs(got - want) <= 1e-7 * (1 + abs(want))) | ((got != got) & (want != want))).all(), \

@@ -487,7 +487,7 @@ def test_builder_invalid_raises_program_error():
 def test_evaluate_shape_and_loss_mean(name):
     p = library.get(name)
     batch, q_net, target_net = _problem(1)
-    per = p.evaluate(batch, q_net, target_net)
+    per = p.per_transition(batch, q_net, target_net)
     assert per.shape == (B,) and per.dtype == F64
     assert torch.isfinite(per).all()
     assert torch.equal(p.loss(batch, q_net, target_net), per.mean())
@@ -512,10 +512,10 @@ def test_gamma_and_done_enter_the_discount():
     done = batch._replace(done=torch.ones(B, dtype=F64))
     with torch.no_grad():
         q = q_net(batch.obs).gather(-1, batch.action[:, None]).squeeze(-1)
-    assert torch.allclose(p.evaluate(done, q_net, target_net), (q - batch.reward) ** 2)
-    assert torch.allclose(p.evaluate(batch, q_net, target_net, gamma=0.0),
+    assert torch.allclose(p.per_transition(done, q_net, target_net), (q - batch.reward) ** 2)
+    assert torch.allclose(p.per_transition(batch, q_net, target_net, gamma=0.0),
                           (q - batch.reward) ** 2)
-    assert not torch.allclose(p.evaluate(batch, q_net, target_net, gamma=0.5),
+    assert not torch.allclose(p.per_transition(batch, q_net, target_net, gamma=0.5),
                               (q - batch.reward) ** 2)
 
 
@@ -549,7 +549,7 @@ def test_image_like_observations(name):
     p = library.get(name)
     batch, q_net, target_net = _problem(6, obs_shape=(3, 3))
     assert batch.obs.shape == (B, 3, 3)
-    per = p.evaluate(batch, q_net, target_net)
+    per = p.per_transition(batch, q_net, target_net)
     assert per.shape == (B,) and torch.isfinite(per).all()
     loss = p.loss(batch, q_net, target_net)
     loss.backward()
@@ -566,7 +566,7 @@ def test_dot_and_l2_on_image_states():
     with torch.no_grad():
         q = q_net(batch.obs).gather(-1, batch.action[:, None]).squeeze(-1)
     want = q + 0.5 * ((batch.obs - batch.next_obs) ** 2).flatten(1).sum(-1)
-    assert torch.allclose(prog.evaluate(batch, q_net, target_net), want)
+    assert torch.allclose(prog.per_transition(batch, q_net, target_net), want)
 
 
 def test_same_net_as_online_and_target_still_trains():

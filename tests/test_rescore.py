@@ -17,7 +17,7 @@ from evorl_nb.store import EVALUATED, RunStore, load_run
 
 @pytest.fixture(scope="module")
 def ci_run(tmp_path_factory):
-    config = get_preset("ci", candidates=12, population=6, tournament=3, batch=4)
+    config = get_preset("ci", candidates=12, population=6, tournament=3, width=4)
     return start(tmp_path_factory.mktemp("rescore") / "run", config, seed=1, progress=False,
                  verbose=False)
 
@@ -113,7 +113,7 @@ def test_cli_rescore_and_show(ci_run, tmp_path, capsys):
 
 
 def test_a_search_rescores_its_winners_at_the_end_when_asked(tmp_path):
-    config = get_preset("ci", candidates=8, population=4, tournament=2, batch=4)
+    config = get_preset("ci", candidates=8, population=4, tournament=2, width=4)
     path = start(tmp_path / "run", config, seed=0, progress=False, verbose=False,
                  rescore={"top": 2, "seeds": 2, "references": ["dqn"]})
     rows = load_run(path).rescores

@@ -8,7 +8,7 @@ import pytest
 
 from evorl_nb.cli import main
 from evorl_nb.evolve import (
-    DEFAULT_BATCH,
+    DEFAULT_WIDTH,
     ConfigError,
     EvolutionConfig,
     get_preset,
@@ -30,7 +30,7 @@ def test_every_preset_is_valid_and_round_trips_through_toml(name):
 
 
 def test_round_trip_keeps_none_hurdle_seed_run_and_trainer_tables():
-    config = get_preset("quick", hurdle=None, seed_run="runs/x/run.sqlite", batch=3,
+    config = get_preset("quick", hurdle=None, seed_run="runs/x/run.sqlite", width=3,
                        trainer={"preset": "quick", "max_steps": 1234, "hidden": (8, 8)})
     text = config.to_toml()
     assert 'hurdle = "none"' in text and "[trainer]" in text
@@ -38,9 +38,23 @@ def test_round_trip_keeps_none_hurdle_seed_run_and_trainer_tables():
 
 
 def test_the_default_width_is_the_measured_one_and_presets_use_it():
-    assert EvolutionConfig().batch == DEFAULT_BATCH
-    assert get_preset("dqnreg").batch == get_preset("scratch").batch == DEFAULT_BATCH
-    assert get_preset("quick").batch == DEFAULT_BATCH
+    assert EvolutionConfig().width == DEFAULT_WIDTH
+    assert get_preset("dqnreg").width == get_preset("scratch").width == DEFAULT_WIDTH
+    assert get_preset("quick").width == DEFAULT_WIDTH
+
+
+def test_the_old_name_batch_still_means_the_width():
+    """Runs saved, TOML files and keywords written before the rename keep working."""
+    old = get_preset("ci").to_dict()
+    old["batch"] = old.pop("width")
+    assert EvolutionConfig.from_dict(dict(old, batch=5)).width == 5
+    assert EvolutionConfig.from_toml("batch = 7\n").width == 7
+    assert get_preset("ci", batch=3) == get_preset("ci", width=3)
+    with pytest.raises(ConfigError, match="old name"):
+        get_preset("ci", batch=3, width=4)
+    # a run saved before several candidates trained at once had neither: one at a time
+    del old["batch"]
+    assert EvolutionConfig.from_dict(old).width == 1
 
 
 def test_a_partial_file_overrides_only_its_fields():
@@ -67,7 +81,7 @@ def test_a_partial_file_overrides_only_its_fields():
     ('[trainer]\npreset = "quick"\nlr = "high"', "trainer.lr"),
     ('seed_programs = ["dqn", "nope"]', "seed_programs"),
     ('window = "first10"', "window"),
-    ("batch = 0", "batch"),
+    ("width = 0", "width"),
     ("population = [", "not valid TOML"),
 ])
 def test_bad_configs_get_an_error_naming_the_field(text, field):
@@ -123,7 +137,7 @@ def test_cli_bad_config_exits_2_before_any_training(tmp_path, capsys, argv, says
 
 
 def test_resume_uses_the_stored_config(tmp_path):
-    config = get_preset("ci", candidates=10, population=5, tournament=2, batch=2)
+    config = get_preset("ci", candidates=10, population=5, tournament=2, width=2)
     path = start(tmp_path / "run", config, seed=3, progress=False, verbose=False)
     assert EvolutionConfig.from_dict(load_run(path).config) == config
 

@@ -89,7 +89,7 @@ SECOND_PROBE = (_batch(seed=99, B=12, dtype=torch.float64), _net(3, dtype=torch.
 def _values_on_second_probe(prog):
     batch, q, t = SECOND_PROBE
     with torch.no_grad():
-        return prog.evaluate(batch, q, t, 0.9, generator=torch.Generator().manual_seed(0)).numpy()
+        return prog.per_transition(batch, q, t, 0.9, generator=torch.Generator().manual_seed(0)).numpy()
 
 
 @pytest.mark.parametrize("space_name", sorted(SPACES))

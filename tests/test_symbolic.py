@@ -150,7 +150,7 @@ def _probe(seed=0, B=24, D=4, A=3):
 def test_library_sympy_is_exact(name):
     batch, q, qt = _probe()
     prog = library.get(name)
-    torch_value = prog.evaluate(batch, q, qt, 0.99).detach().numpy()
+    torch_value = prog.per_transition(batch, q, qt, 0.99).detach().numpy()
     sym_value = SymEval(batch, q, qt, 0.99)(prog.to_sympy())
     np.testing.assert_allclose(sym_value, torch_value, rtol=1e-9, atol=1e-9)
 
@@ -169,7 +169,7 @@ def test_random_programs_sympy_is_exact(space):
         if any(type(f).__name__ in OPS for f in prog.to_sympy().atoms(AppliedUndef)):
             continue  # a node sympy could not build reads structurally (symbolic.opaque)
         with torch.no_grad():
-            t = prog.evaluate(batch, q, qt, 0.99).numpy()
+            t = prog.per_transition(batch, q, qt, 0.99).numpy()
         s = np.broadcast_to(ev(prog.to_sympy()), t.shape)
         both = np.isfinite(t) & np.isfinite(s) & (np.abs(t) < 1e12)
         np.testing.assert_allclose(s[both], t[both], rtol=1e-6, atol=1e-8,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from evorl_nb.ops import OPS, Type, _bc
+from evorl_nb.ops import OPS, Type
 
 __all__ = ["Group", "Level", "run_levels"]
 
@@ -43,32 +43,11 @@ class Level:
     reads: list[tuple[str, slice | torch.Tensor, list[int]]] = field(default_factory=list)
 
 
-def _sum_trailing(x: torch.Tensor) -> torch.Tensor:
-    """Sum over everything after the (group, batch) axes."""
-    return x.flatten(2).sum(-1) if x.dim() > 2 else x
-
-
 def group_op(op_name: str, args: list[torch.Tensor], types: tuple[Type, ...]) -> torch.Tensor:
-    """``op`` on values with a leading group axis: ``[G, B]`` / ``[G, B, A]`` / ``[G, B, D]``.
-
-    Most ops in the table act on the last axis or elementwise and work unchanged; the ones
-    that reduce over the batch axis are written out here.
-    """
+    """``op`` on values with a leading group axis: ``[G, B]`` / ``[G, B, A]`` / ``[G, B, D]``
+    (the op table's meaning with the batch on axis 1, :attr:`evorl_nb.ops.Op.grouped`)."""
     op = OPS[op_name]
-    if op_name == "MeanBatch":
-        x = args[0]
-        return x.mean(1, keepdim=True).expand_as(x)
-    if op_name == "StdBatch":
-        x = args[0]
-        return x.std(1, unbiased=False, keepdim=True).expand_as(x)
-    if op_name == "DotProduct" and types[0] in (Type.V, Type.S):
-        return _sum_trailing(args[0] * args[1])
-    if op_name == "L2Distance":
-        x, y = _bc(args[0], args[1])
-        return 0.5 * _sum_trailing((x - y) ** 2)
-    if op.typed:
-        return op.torch(*args, types=types)
-    return op.torch(*args)
+    return op.grouped(*args, types=types) if op.typed else op.grouped(*args)
 
 
 def run_levels(levels: list[Level], banks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

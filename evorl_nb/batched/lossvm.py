@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from evorl_nb.guards import c_defines
-from evorl_nb.ops import Type
+from evorl_nb.ops import OPS, Type
 
 __all__ = ["compiled", "available", "build_error", "engine_choice", "engine_setting", "VMCode",
            "VMLoss", "bases", "pointers"]
@@ -51,18 +51,11 @@ BC_A, BC_B, GRAD_A, GRAD_B, GRAD_OUT = 1, 2, 4, 8, 16
 WS, REWARD, DISCOUNT, ACTION, OBS, NEXT, QVAL, DRAWS, CONST = range(9)
 N_BASES = 9
 
-_OPCODES = {name: i for i, name in enumerate(
+# the interpreter's instructions, numbered as interp.c's OP_ enum (the op table's ``vm`` and
+# ``vm_reduced`` name them)
+OPCODES = {name: i for i, name in enumerate(
     "ADD SUB MAX MIN MUL DIV LOG EXP ABS TENTH SQUARE DOT L2 MAXLIST MINLIST ARGMAX MEANLIST "
     "VARLIST STDLIST SUMLIST LSE SELECT SOFTMAX KL ENTROPY MEANB STDB".split())}
-# op name -> VM op for the ops whose VM op does not depend on the input types
-_SIMPLE = {"Add": "ADD", "Subtract": "SUB", "Max": "MAX", "Min": "MIN", "MaxFloat": "MAX",
-           "MultiplyFloat": "MUL", "Div": "DIV", "Log": "LOG", "Exp": "EXP", "Abs": "ABS",
-           "MultiplyTenth": "TENTH", "L2Norm": "SQUARE", "L2Distance": "L2",
-           "MaxList": "MAXLIST", "MinList": "MINLIST", "ArgMaxList": "ARGMAX",
-           "MeanList": "MEANLIST", "VarianceList": "VARLIST", "StdList": "STDLIST",
-           "SumList": "SUMLIST", "LogSumExpList": "LSE", "SelectList": "SELECT",
-           "Softmax": "SOFTMAX", "KLDiv": "KL", "Entropy": "ENTROPY", "MeanBatch": "MEANB",
-           "StdBatch": "STDB"}
 _ELEMENTWISE = {"ADD", "SUB", "MAX", "MIN", "MUL", "DIV"}
 
 _LIB: ctypes.CDLL | None = None
@@ -203,9 +196,7 @@ class VMCode:
             place: dict[int, tuple[int, int]] = {}
             for op_name, in_types, out_type, inputs, node in nodes:
                 w_out = _width(out_type, A, D)
-                vm_op = _SIMPLE.get(op_name)
-                if op_name == "DotProduct":
-                    vm_op = "DOT" if in_types[0] is Type.S else "MUL"
+                vm_op = OPS[op_name].vm_op(in_types)  # the op table says which instruction
                 if vm_op is None:
                     raise NotImplementedError(f"the loss interpreter has no op {op_name}")
                 if vm_op in _ELEMENTWISE or vm_op in ("LOG", "EXP", "ABS", "TENTH", "SQUARE",
@@ -222,7 +213,7 @@ class VMCode:
                     if vm_op in _ELEMENTWISE and in_types[m] is Type.R and w_out > 1:
                         flags |= BC_A if m == 0 else BC_B
                 (ab, ao), (bb, bo) = operands[0], operands[1] if len(operands) > 1 else (-1, 0)
-                rows.append((_OPCODES[vm_op], flags, B, width, ws, ab, ao, bb, bo))
+                rows.append((OPCODES[vm_op], flags, B, width, ws, ab, ao, bb, bo))
                 place[node] = (WS, ws)
                 ws += B * w_out
             start.append(len(rows))

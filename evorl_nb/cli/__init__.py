@@ -150,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="trainer preset of each candidate's DQN runs")
     v.add_argument("--max-steps", type=_count, default=None,
                    help="cap on each training run's environment steps")
-    v.add_argument("--batch", type=_count, default=None,
+    v.add_argument("--width", "--batch", dest="width", type=_count, default=None,
                    help="candidates each worker trains at once (population trainer; a "
                         "finished candidate's slot gets the next child at once); 1 trains "
-                        "them one at a time (default: the preset's)")
+                        "them one at a time (default: the preset's; --batch is its old name)")
     v.add_argument("--space", default=None, choices=["bootstrap", "scratch"],
                    help="override the search space")
     v.add_argument("--seed-run", default=None,

@@ -27,7 +27,7 @@ def search_config(args):
                               f"{getattr(e, 'strerror', None) or e}") from None
         config = type(config).from_toml(text, base=config, source=args.config)
     changes = {k: getattr(args, k) for k in ("candidates", "space", "population",
-                                             "tournament", "batch") if getattr(args, k) is not None}
+                                             "tournament", "width") if getattr(args, k) is not None}
     if args.envs is not None:
         changes["envs"] = tuple(args.envs)
     if args.hurdle is not None:

@@ -45,7 +45,7 @@ class BranchTracker:
         import torch
 
         trace: list = []
-        value = self.program.evaluate(batch, q_net, target_net, gamma, generator=generator,
+        value = self.program.per_transition(batch, q_net, target_net, gamma, generator=generator,
                                       trace=trace).mean()
         row = []
         with torch.no_grad():
