@@ -68,8 +68,8 @@ def main() -> None:
             a = [x[what] for x in rows if x["k"] == k and x["side"] == "a"]
             b = [x[what] for x in rows if x["k"] == k and x["side"] == "b"]
             paired = [y / x for x, y in zip(a, b, strict=True)]
-            print(f"K={k:<5} {what:12} A {statistics.median(a):9,.0f}  B "
-                  f"{statistics.median(b):9,.0f}  B/A {statistics.median(b) / statistics.median(a):.3f}"
+            ma, mb = statistics.median(a), statistics.median(b)
+            print(f"K={k:<5} {what:12} A {ma:9,.0f}  B {mb:9,.0f}  B/A {mb / ma:.3f}"
                   f"  paired {min(paired):.3f}..{max(paired):.3f}")
 
 
