@@ -328,6 +328,7 @@ def test_a_gzipped_run_is_read_as_it_is_and_refused_for_writing(tmp_path, monkey
     (folder / "run.sqlite").unlink()
     assert list(load_run(folder).candidates.fitness.round(3)) == [0.0, 0.1, 0.2]
     assert len(load_run(folder / "run.sqlite").candidates) == 3  # again, from the cache
+    assert len(load_run(folder / "run.sqlite.gz").candidates) == 3  # named as it is on disk
     assert len(list((tmp_path / "cache" / "evorl_nb" / "runs").glob("*.sqlite"))) == 1
     with pytest.raises(StoreError, match="stored compressed; `gunzip -k"):
         RunStore.open(folder / "run.sqlite")

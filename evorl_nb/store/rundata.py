@@ -70,11 +70,11 @@ class RunData:
 
 
 def load_run(path: str | Path) -> RunData:
-    """Read a run (its folder or its ``run.sqlite``; read-only, safe while another process
-    writes it) into a :class:`RunData`."""
+    """Read a run (its folder, its ``run.sqlite`` or a packed ``run.sqlite.gz``; read-only,
+    safe while another process writes it) into a :class:`RunData`."""
     import pandas as pd
 
-    if Path(path).is_dir():
+    if Path(path).is_dir() or str(path).endswith(".sqlite.gz"):
         path = store_path(path)
     with RunStore.open(path, readonly=True) as store:  # a run.sqlite.gz is read as it is
         recs = store.candidates()
