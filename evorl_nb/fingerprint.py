@@ -1,7 +1,8 @@
 """Hashing programs: the functional-equivalence fingerprint and a structural hash.
 
 The fingerprint is the paper's duplicate detector (facts.md §2): run the
-program on fixed random inputs and hash its output rounded to 4 decimals.
+program on fixed random inputs and hash its output rounded to 4 decimals (to 11
+significant digits from 1e9 up, where 4 decimals is finer than float64 reliably resolves).
 Besides the paper's probe (values ~ U(-100, 100)) two more probes draw values
 at unit scale (~ U(-1, 1)) and like training data (discount 0.99 or 0, rewards
 and states ~ N(0, 1)), 64 transitions each: at the paper's scale alone, a max/min can mask a whole
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
     from evorl_nb.program import Program
 
-__all__ = ["fingerprint", "fingerprint_values", "structural_hash", "probe_inputs", "PROBE"]
+__all__ = ["fingerprint", "fingerprint_values", "structural_hash", "probe_inputs", "PROBE",
+           "stable_round"]
 
 PROBE = {
     "batch_size": 10,
@@ -40,11 +42,14 @@ PROBE = {
     "hidden": 8,
     "seed": 20210108,
     "decimals": 4,
+    "digits": 11,
+    "relative_from": 1e9,
 }
 """The fixed probes, each with 4-d states, actions in {0, 1, 2} and fixed random 4-8-3
 MLPs. "paper" (the paper's, batch 10): rewards, discounts and states ~ U(-100, 100);
 "unit" (batch 64): the same ~ U(-1, 1); "rl" (batch 64): discount 0.99 or 0 (done),
-rewards and states ~ N(0, 1)."""
+rewards and states ~ N(0, 1). Outputs are rounded to ``decimals`` decimals, and from
+``relative_from`` up to ``digits`` significant digits."""
 
 _NAN, _POSINF, _NEGINF = 1.2345678e300, 9.8765432e300, -9.8765432e300
 
@@ -121,12 +126,34 @@ def fingerprint_values(program: Program) -> np.ndarray:
             values = program.per_transition(batch, q, q_targ, gamma=1.0, generator=gen)
             outs.append(values.double().numpy())
     out = np.concatenate(outs)
-    with np.errstate(all="ignore"):
-        out = np.where(np.isnan(out), _NAN, out)
-        out = np.where(np.isposinf(out), _POSINF, out)
-        out = np.where(np.isneginf(out), _NEGINF, out)
-        out = np.round(out, PROBE["decimals"]) + 0.0  # + 0.0 turns -0.0 into 0.0
+    finite = np.isfinite(out)
+    out = np.where(finite, stable_round(np.where(finite, out, 0.0)), out)
+    # NaN and inf as fixed values (rounded as they always were, so their hashes stay)
+    for bad, value in ((np.isnan(out), _NAN), (np.isposinf(out), _POSINF),
+                       (np.isneginf(out), _NEGINF)):
+        out = np.where(bad, np.round(value, PROBE["decimals"]), out)
     return out
+
+
+def stable_round(x: np.ndarray) -> np.ndarray:
+    """Round to ``PROBE["decimals"]`` decimals, or from ``PROBE["relative_from"]`` (1e9) up
+    to ``PROBE["digits"]`` significant digits.
+
+    Four decimals of a value of 1e13 are finer than float64 resolves there (a unit in the
+    last place is ~0.002), so a different summation order (another torch build, another
+    thread count, another machine) would change the hash of a program with huge outputs,
+    and a resumed search would stop seeing its duplicates (2026-12-06: 23 of 400 sampled
+    candidates of the committed scratch run, all with outputs of 1e13 or more). A relative
+    step keeps such a fingerprint stable; below 1e9 the rounding is the paper's, so only
+    programs with such huge outputs changed fingerprint with this rule.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    big = np.abs(x) >= PROBE["relative_from"]
+    with np.errstate(all="ignore"):
+        exponent = np.floor(np.log10(np.abs(np.where(big, x, 1.0))))
+        step = 10.0 ** (exponent - (PROBE["digits"] - 1))
+        out = np.where(big, np.round(x / step) * step, np.round(x, PROBE["decimals"]))
+    return out + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def fingerprint(program: Program) -> str:

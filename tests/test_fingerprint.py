@@ -101,3 +101,36 @@ def test_non_finite_outputs_hash_to_fixed_values():
     assert (v_nan == v_nan[0]).all() and v_nan[0] != v_inf[0]
     assert p_inf.fingerprint() != p_nan.fingerprint()
     assert len(p_nan.fingerprint()) == 16
+
+
+def test_huge_outputs_round_to_significant_digits_so_the_hash_survives_reordering():
+    """Four decimals of 1e13 are finer than float64 resolves: another summation order
+    changed such a program's fingerprint. From 1e9 up the step is relative."""
+    import numpy as np
+
+    from evorl_nb.fingerprint import stable_round
+
+    rng = np.random.default_rng(3)
+    huge = rng.choice([-1, 1], 500) * 10 ** rng.uniform(9.5, 20, 500)
+    nudged = huge * (1 + 3e-15)  # a few units in the last place, as another order gives
+    assert (stable_round(huge) == stable_round(nudged)).all()
+    assert (np.round(huge, 4) != np.round(nudged, 4)).mean() > 0.9  # the old rule moved
+    # below 1e9 the rounding is the paper's 4 decimals, bit for bit
+    small = rng.normal(0, 1e4, 500)
+    assert (stable_round(small) == np.round(small, 4) + 0.0).all()
+    assert str(stable_round(np.array([-0.0]))[0]) == "0.0"
+
+
+def test_saved_cache_keys_did_not_move():
+    """The fingerprints runs were saved with, for programs below 1e9 on the probes (the
+    library) and for NaN outputs, are what they were before the relative rounding."""
+    saved = {"dqn": "11fdcb5592ad39fe", "ddqn": "678c5f7812c4b3bc",
+             "dqn_reg": "a2032037dc783cd2", "dqn_clipped": "68d38a01f540d731",
+             "cql": "fbc77d77cb691603", "mdqn": "579dc0e909002d8a",
+             "dqn_half": "dba52d5addfbd261"}
+    assert {name: library.get(name).fingerprint() for name in saved} == saved
+    b = ProgramBuilder()
+    inf = b.Exp(b.Exp(b.Exp(b.Abs(b.SelectList(b.QValues(b.q, b.s_t), b.a_t)))))
+    for _ in range(6):
+        inf = b.L2Norm(inf)
+    assert b.build(b.Subtract(inf, inf)).fingerprint() == "f4db858671498db7"  # NaN everywhere
