@@ -140,12 +140,11 @@ def stable_round(x: np.ndarray) -> np.ndarray:
     to ``PROBE["digits"]`` significant digits.
 
     Four decimals of a value of 1e13 are finer than float64 resolves there (a unit in the
-    last place is ~0.002), so a different summation order (another torch build, another
-    thread count, another machine) would change the hash of a program with huge outputs,
-    and a resumed search would stop seeing its duplicates (2026-12-06: 23 of 400 sampled
-    candidates of the committed scratch run, all with outputs of 1e13 or more). A relative
-    step keeps such a fingerprint stable; below 1e9 the rounding is the paper's, so only
-    programs with such huge outputs changed fingerprint with this rule.
+    last place is ~0.002), so any change in how the value is computed (summation order,
+    a torch build, an op's implementation) moves the hash of a program with huge outputs,
+    and a resumed search stops seeing its duplicates (docs/programs.md, "Fingerprint"). A
+    relative step keeps such a fingerprint stable; below 1e9 the rounding is the paper's,
+    so only programs with such huge outputs changed fingerprint with this rule.
     """
     x = np.asarray(x, dtype=np.float64)
     big = np.abs(x) >= PROBE["relative_from"]
