@@ -47,10 +47,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from evorl_nb import library
-from evorl_nb.dqn import get_config, train
-from evorl_nb.envs import get_spec
-from evorl_nb.batched import train_population
+from evorl_nb import get_config, get_spec, library, train, train_population
 from evorl_nb.stats import ci95
 from evorl_nb.viz.style import TEMPLATE, algorithm_color
 from evorl_nb.viz.training import QValueMonitor, learning_curves, score_bars

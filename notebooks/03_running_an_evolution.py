@@ -42,7 +42,8 @@ from pathlib import Path
 from IPython.display import display
 
 import evorl_nb.runner
-from evorl_nb.evolve import Evolution, get_preset, iterate, ProgramEvaluator
+from evorl_nb import Evolution, get_preset
+from evorl_nb.evolve import ProgramEvaluator, iterate
 from evorl_nb.viz.evolution import EvolutionDashboard
 
 config = get_preset("ci" if BUDGET == "ci" else "quick")

@@ -40,10 +40,8 @@ import pandas as pd
 from IPython.display import display
 
 import evorl_nb.runner
+from evorl_nb import Program, get_preset, load_run
 from evorl_nb.evaluate import evaluate
-from evorl_nb.evolve import get_preset
-from evorl_nb.program import Program
-from evorl_nb.store import load_run
 from evorl_nb.viz.evolution import fitness_figure, lineage, lineage_figure, rates_figure
 from evorl_nb.viz.graph import program_figure
 from evorl_nb.viz.style import table

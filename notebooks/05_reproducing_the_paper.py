@@ -185,8 +185,8 @@ figures(scratch)["convergence"]
 # with its 95% interval, and `beats_dqn` says whether it is above zero outside the noise.
 
 # %%
+from evorl_nb import load_run
 from evorl_nb.rescore import ranking
-from evorl_nb.store import load_run
 from evorl_nb.viz.evolution import fitness_figure
 
 SEARCHES = _repo_root() / "docs" / "results" / "search"
