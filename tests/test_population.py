@@ -439,3 +439,25 @@ def test_populations_keep_freed_memory_instead_of_refaulting_it():
     assert (tuned, plain) == ("True", "False")
     # glibc's defaults re-map the freed 4 MiB blocks: ~1,000 page faults per reuse
     assert tuned_faults < plain_faults / 2, (tuned_faults, plain_faults)
+
+
+def test_an_update_that_raises_fails_its_agents_and_says_so_once(monkeypatch):
+    """An exception inside the update (a wild op, or a bug of evorl_nb's own) fails every
+    agent learning in it, with the reason, and training goes on; a warning says it aloud
+    once, because a bug looks exactly like this in the records."""
+    from evorl_nb.batched import plan, trainer
+
+    def broken(self, *args, **kwargs):
+        raise AttributeError("boom")
+
+    monkeypatch.setattr(plan.LossPlan, "fused_update", broken)
+    monkeypatch.setattr(plan.LossPlan, "losses", broken)
+    monkeypatch.setattr(trainer, "_WARNED", set())
+    with pytest.warns(RuntimeWarning, match="update of 2 agents raised AttributeError: boom"
+                      ) as seen:
+        runs = train_population([library.get("dqn"), library.get("ddqn")], "CartPole-v1", "ci",
+                                seeds=[0, 1])
+    assert len([w for w in seen if "boom" in str(w.message)]) == 1
+    step = get_config("ci").learning_starts
+    for r in runs:
+        assert r.failed and r.reason == f"loss raised AttributeError: boom at step {step}"

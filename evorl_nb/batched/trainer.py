@@ -8,6 +8,7 @@ list of programs to the end. See :mod:`evorl_nb.batched` for how a step is share
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -398,7 +399,9 @@ class Population:
                 losses = self.plan.losses(b["obs"], b["action"], b["reward"], b["next_obs"],
                                           b["done"], online, target, cfg.gamma, gens, q_cache)
         except Exception as e:  # a wild op must not kill the batch: every agent fails with it
-            return {j: f"loss raised {type(e).__name__}: {e}" for j in np.flatnonzero(learn)}
+            rows_failed = np.flatnonzero(learn)
+            _warn_batch_failure(e, len(rows_failed))
+            return {j: f"loss raised {type(e).__name__}: {e}" for j in rows_failed}
         grad_ok = None  # set where the fused update checked the gradients and took Adam's step
         if fused is not None:
             values, ok, q_sa, grad_ok = fused
@@ -438,6 +441,25 @@ class Population:
         self.q_sum[ks] += q_taken.cpu().numpy().astype(np.float64)[stepped]
         self.n_updates[ks] += 1
         return failed
+
+_WARNED: set[str] = set()
+
+
+def _warn_batch_failure(error: Exception, n: int) -> None:
+    """Warn (once per message and process) that one exception failed a whole update.
+
+    The agents are recorded failed as for any bad loss, and training goes on; but an
+    exception raised inside evorl_nb looks exactly like that (every agent of every batch
+    failing with one reason), so it is said out loud, not only in the run's records.
+    """
+    why = f"{type(error).__name__}: {error}"
+    if why not in _WARNED:
+        _WARNED.add(why)
+        warnings.warn(f"evorl_nb: an update of {n} agents raised {why}; all of them are "
+                      "recorded failed with it. A loss can do this, but if every candidate "
+                      "fails this way it is a bug, not the losses", RuntimeWarning,
+                      stacklevel=3)
+
 
 def train_population(programs: Sequence[Program], env_id: str,
                      config: DQNConfig | str = "paper", *, seeds: Sequence[int] | None = None,
