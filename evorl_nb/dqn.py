@@ -215,10 +215,8 @@ def epsilon(config: DQNConfig, decay: int, steps):
     """The exploration rate after ``steps`` environment steps (an int, or an array of every
     agent's steps): linear from eps_start to eps_end over ``decay`` steps, then flat. The
     one schedule both trainers use."""
-    if isinstance(steps, np.ndarray):
-        return config.eps_end + (config.eps_start - config.eps_end) * np.maximum(
-            0.0, 1.0 - steps / decay)
-    return config.eps_end + (config.eps_start - config.eps_end) * max(0.0, 1.0 - steps / decay)
+    return config.eps_end + (config.eps_start - config.eps_end) * np.maximum(
+        0.0, 1.0 - np.asarray(steps) / decay)
 
 
 # Adam's betas and eps: torch's defaults, written out because the population trainer's own
@@ -293,7 +291,7 @@ def train(loss: Any, env_id: str, config: DQNConfig | str = "paper", *, seed: in
         ep = _Episode(q_net, obs, config)
         while result.steps < steps_budget and (episodes_budget is None
                                                or len(result.episodes) < episodes_budget):
-            eps = epsilon(config, decay, result.steps)
+            eps = float(epsilon(config, decay, result.steps))
             u, v = explore.uniform(2)  # explore?, and which random action (drawn either way)
             if u < eps:
                 action = min(int(v * n_actions), n_actions - 1)

@@ -113,7 +113,7 @@ class Population:
                         torch.as_tensor(self.env.obs_divisor, dtype=torch.float32,
                                         device=self.device))
         self.replay = Replay(S, min(config.buffer_size, self.steps_budget), self.obs_dim,
-                              self.env.obs_dtype, self.device)
+                             self.env.obs_dtype, self.device)
         # per slot
         self.agents: list[_Agent | None] = [None] * S
         self.active = np.zeros(S, bool)
